@@ -1,0 +1,216 @@
+"""``backbone-ssl``: one entry point, one subcommand per job. Thin: parse, call, print.
+
+Exit status: 0 done; 2 bad input or config (one line on stderr saying what and where);
+1 a run that failed for another reason (e.g. a non-finite loss), also with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from backbone_ssl import __version__
+from backbone_ssl.errors import UserError
+
+log = logging.getLogger("backbone_ssl")
+
+#: subcommand registrars; later modules add theirs here (name -> function(subparsers))
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def registrar(fn: Callable[[argparse._SubParsersAction], None]):
+    """Decorator: add a subcommand registrar to the parser."""
+    REGISTRARS.append(fn)
+    return fn
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+# ---- toy -------------------------------------------------------------------------------------
+@registrar
+def _toy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("toy", help="write the embedded default data sets")
+    toy_sub = p.add_subparsers(dest="toy_kind", required=True, parser_class=_Parser)
+    f = toy_sub.add_parser("faces", help="procedural cartoon faces in the iCartoonFace layout")
+    f.add_argument("--out", required=True)
+    f.add_argument("--identities", type=int, default=50)
+    f.add_argument("--per-identity", type=int, default=40)
+    f.add_argument("--size", type=int, default=64)
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=cmd_toy_faces)
+
+
+def cmd_toy_faces(args: argparse.Namespace) -> int:
+    from backbone_ssl.data.toy import write_toy_faces
+
+    for name in ("identities", "per_identity", "size"):
+        if getattr(args, name) < (2 if name != "size" else 16):
+            raise UserError(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
+    t0 = time.perf_counter()
+    summary = write_toy_faces(args.out, identities=args.identities,
+                              per_identity=args.per_identity, size=args.size, seed=args.seed)
+    print(f"wrote toy faces to {args.out} in {time.perf_counter() - t0:.1f}s: "
+          f"{_summary_line(summary)}")
+    return 0
+
+
+def _summary_line(summary: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in summary.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+# ---- pretrain --------------------------------------------------------------------------------
+@registrar
+def _pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="pretrain an encoder with one method")
+    p.add_argument("method", help="dino | byol | inpaint | person")
+    p.add_argument("--config", help="YAML config (default: configs/<method>.yaml)")
+    p.add_argument("--data", help="image folder / iCartoonFace root / golden prepare output")
+    p.add_argument("--out", help="run directory (default runs/<method>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue RUN/checkpoints/last.ckpt")
+    p.set_defaults(func=cmd_pretrain, accepts_overrides=True)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from backbone_ssl.train import pretrain
+
+    res = pretrain(args.method, config_file=args.config, data=args.data, out=args.out,
+                   resume=args.resume, overrides=args.overrides)
+    print(f"pretrained {args.method}: {res.steps} steps in {res.seconds:.0f}s "
+          f"({res.images_per_second:.1f} images/s); skipped images: {res.skipped_images}; "
+          f"encoder: {res.encoder_dir}")
+    return 0
+
+
+# ---- eval ------------------------------------------------------------------------------------
+@registrar
+def _eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="kNN + linear probe (+ iCartoonFace rank-1) of an encoder")
+    p.add_argument("--encoder", required=True, help="encoder folder, checkpoint or random:<arch>")
+    p.add_argument("--train", help="labelled identity folder (gallery / probe training set)")
+    p.add_argument("--test", help="labelled identity folder (queries)")
+    p.add_argument("--icartoonface", help="iCartoonFace root (official rank-1 protocol)")
+    p.add_argument("--out", default="eval_out")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--t", type=float, default=0.07)
+    p.add_argument("--baseline", action="store_true",
+                   help="also evaluate a random-init encoder of the same architecture")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from backbone_ssl.evaluation.report import format_table, run_eval
+    from backbone_ssl.export import resolve_encoder
+
+    if not (args.train and args.test) and not args.icartoonface:
+        raise UserError("eval needs --train DIR and --test DIR, or --icartoonface ROOT")
+    if args.k < 1 or args.t <= 0:
+        raise UserError(f"--k must be >= 1 and --t > 0 (got k={args.k}, t={args.t})")
+    encoder = resolve_encoder(args.encoder)
+    baseline = None
+    if args.baseline:
+        baseline = resolve_encoder(f"random:{encoder.arch}", input_size=encoder.input_size,
+                                   seed=args.seed)
+    report = None
+    if args.train and args.test:
+        report = run_eval(encoder, args.train, args.test, args.out, k=args.k, t=args.t,
+                          baseline=baseline, seed=args.seed, batch_size=args.batch_size)
+    if args.icartoonface:
+        from backbone_ssl.evaluation.icartoonface import run_icartoonface_eval
+
+        report = run_icartoonface_eval(encoder, args.icartoonface, args.out, baseline=baseline,
+                                       batch_size=args.batch_size)
+    print(format_table(report))
+    print(f"report: {Path(args.out) / 'report.json'}")
+    return 0
+
+
+# ---- export ----------------------------------------------------------------------------------
+@registrar
+def _export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint's backbone as a frozen encoder")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=["timm", "ssupergan"], default="timm")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from backbone_ssl import export
+
+    if args.format == "ssupergan":
+        out = export.export_ssupergan(args.checkpoint, args.out)
+    else:
+        out = export.export_checkpoint(args.checkpoint, args.out)
+    print(f"exported {args.format} encoder to {out}")
+    return 0
+
+
+# ---- demo ------------------------------------------------------------------------------------
+@registrar
+def _demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="toy faces -> DINO -> eval with baseline -> report")
+    p.add_argument("--out", default="demo_out")
+    p.set_defaults(func=cmd_demo, accepts_overrides=True)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from backbone_ssl.demo import run_demo
+
+    report_md = run_demo(args.out, overrides=args.overrides)
+    print(report_md)
+    return 0
+
+
+# ---- entry point -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="backbone-ssl", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"backbone-ssl {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    unknown = [a for a in extra if a not in overrides]
+    if unknown or (overrides and not getattr(args, "accepts_overrides", False)):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    args.overrides = overrides
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"backbone-ssl: error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("backbone-ssl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from backbone_ssl.methods.base import NonFiniteLossError
+
+        if isinstance(exc, NonFiniteLossError) and not args.verbose:
+            print(f"backbone-ssl: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Configs: dataclass schema <- ``configs/<method>.yaml`` <- ``key=value`` overrides (OmegaConf).
+
+Every method shares the sections ``data``, ``model``, ``optim``, ``trainer`` and the key ``seed``;
+each method adds its own section named after it (``dino:``, ``byol:``, ...). The schema is the
+dataclass, so an unknown key or a value of the wrong type is caught at load time and reported as
+one :class:`~backbone_ssl.errors.UserError` line naming the key (and the closest valid key).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from backbone_ssl.errors import UserError
+
+#: Folder holding the shipped YAML configs (``configs/`` at the repository root).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are batched."""
+
+    path: Optional[str] = None  # image folder / iCartoonFace root / `golden prepare` output
+    batch_size: int = 64  # per device; the effective batch is batch_size x devices x nodes
+    image_size: int = 64  # input size of the encoder (global crops for DINO)
+    num_workers: int = 2  # DataLoader worker processes per device
+    val_train: Optional[str] = None  # labelled identity folder: gallery of the online kNN monitor
+    val_test: Optional[str] = None  # labelled identity folder: queries of the online kNN monitor
+    val_every_n_epochs: int = 1  # run the online kNN monitor every N epochs
+    max_images: Optional[int] = None  # use only the first N images (quick experiments)
+
+
+@dataclass
+class ModelConfig:
+    """The backbone: any timm architecture, created with ``pretrained=False``."""
+
+    arch: str = "resnet18"
+    weights: Optional[str] = None  # optional local .safetensors file / encoder folder to start from
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (linear warm-up, then cosine decay; per step)."""
+
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3  # for the per-device batch above; scaled by `lr_scaling`
+    lr_scaling: str = "none"  # none | linear | sqrt : scale lr by effective_batch / batch_size
+    weight_decay: float = 0.04
+    momentum: float = 0.9  # sgd only
+    warmup_fraction: float = 0.05  # fraction of all steps spent in linear warm-up
+    min_lr_fraction: float = 0.01  # final lr = lr x min_lr_fraction
+
+
+@dataclass
+class TrainerConfig:
+    """Passed to ``lightning.Trainer`` (the names are Lightning's)."""
+
+    max_epochs: int = 20
+    max_steps: int = -1  # -1 = bounded by max_epochs
+    accelerator: str = "auto"  # cpu | gpu | auto
+    devices: Any = "auto"  # int, list of ids, or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | ddp_find_unused_parameters_true | ...
+    precision: str = "auto"  # auto = bf16-mixed on GPU, 32-true on CPU; or any Lightning value
+    log_every_n_steps: int = 10
+    checkpoint_every_n_steps: int = 100  # last.ckpt is rewritten (atomically) this often
+    gradient_clip_val: Optional[float] = None
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+    limit_train_batches: Optional[float] = None
+
+
+@dataclass
+class RunConfig:
+    """Sections shared by every method. Method configs subclass this and add their section."""
+
+    method: str = ""
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+C = TypeVar("C")
+
+
+def flat_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """All dotted leaf and section keys of ``cfg`` (``data``, ``data.batch_size``, ...)."""
+    keys: list[str] = []
+    for k in cfg.keys():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        node = cfg._get_node(k)
+        if isinstance(node, DictConfig):
+            keys.extend(flat_keys(node, prefix=f"{full}."))
+    return keys
+
+
+def closest_key(key: str, valid: Sequence[str]) -> str | None:
+    """The valid dotted key closest to ``key`` (or None when nothing is close)."""
+    hits = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if not hits:
+        leaf = key.rsplit(".", 1)[-1]
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in valid}
+        leaf_hits = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
+        hits = [by_leaf[leaf_hits[0]]] if leaf_hits else []
+    return hits[0] if hits else None
+
+
+def _full_key(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or ""
+    return str(key)
+
+
+def _merge(schema: DictConfig, other: DictConfig | dict, source: str) -> DictConfig:
+    """Merge ``other`` into ``schema``, turning OmegaConf errors into one-line UserErrors."""
+    try:
+        return OmegaConf.merge(schema, other)  # type: ignore[return-value]
+    except (ConfigKeyError, ConfigAttributeError) as exc:
+        key = _full_key(exc)
+        hint = closest_key(key, flat_keys(schema))
+        near = f"; did you mean '{hint}'?" if hint else ""
+        raise UserError(f"unknown config key '{key}' in {source}{near}") from None
+    except OmegaConfBaseException as exc:
+        key = _full_key(exc)
+        msg = str(exc).splitlines()[0]
+        raise UserError(f"bad value for config key '{key}' in {source}: {msg}") from None
+
+
+def parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    """``["optim.lr=0.1", "trainer.devices=2"]`` -> DictConfig; malformed items are UserErrors."""
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise UserError(
+                f"bad override '{item}': expected key=value, e.g. trainer.max_steps=100"
+            )
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise UserError(f"bad override list {list(overrides)}: {exc}") from None
+
+
+def default_config_file(name: str) -> Path | None:
+    """``configs/<name>.yaml`` when it ships with this checkout, else None."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def load_config(
+    schema_cls: type[C],
+    name: str,
+    config_file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    **set_keys: Any,
+) -> C:
+    """Build a validated config object.
+
+    Order (later wins): dataclass defaults, ``configs/<name>.yaml`` (or ``config_file``),
+    ``set_keys`` given as dotted names with ``__`` (e.g. ``data__path="X"``), then ``overrides``.
+    """
+    cfg: DictConfig = OmegaConf.structured(schema_cls)
+    path = Path(config_file) if config_file else default_config_file(name)
+    if config_file and not Path(config_file).is_file():
+        raise UserError(f"config file not found: {config_file}")
+    if path is not None:
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # yaml parse errors come in many types
+            raise UserError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
+        cfg = _merge(cfg, loaded, str(path))
+    for dotted, value in set_keys.items():
+        if value is not None:
+            nested: dict = {}
+            node = nested
+            *parents, leaf = dotted.split("__")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+            cfg = _merge(cfg, nested, "command line")
+    if overrides:
+        cfg = _merge(cfg, parse_overrides(overrides), "overrides")
+    obj = OmegaConf.to_object(cfg)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj  # type: ignore[return-value]
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain-python (JSON/YAML-safe) copy of a config object."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML text (what ``RUN/config.yaml`` holds)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def check_positive(value: float, key: str) -> None:
+    """Raise a UserError naming ``key`` unless ``value > 0``."""
+    if value <= 0:
+        raise UserError(f"config key '{key}' must be > 0, got {value}")

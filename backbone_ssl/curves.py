@@ -1,0 +1,71 @@
+"""Training curves from ``RUN/metrics.csv`` (Lightning's CSVLogger) to ``RUN/plots/*.png``."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from backbone_ssl.io import atomic_path
+
+#: plot file -> metric columns drawn in it (a plot is skipped when none of its columns exist)
+CURVES: dict[str, tuple[str, ...]] = {
+    "loss": ("train/loss",),
+    "knn": ("val/knn_top1", "val/knn_top5"),
+    "lr": ("train/lr",),
+    "ema_momentum": ("train/ema_momentum",),
+    "collapse": ("train/collapse_std",),
+}
+
+
+def read_metrics(path: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """``metrics.csv`` -> ``{column: [(step, value), ...]}`` (empty cells dropped)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    path = Path(path)
+    if not path.is_file():
+        return series
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(float(row.get("step") or 0))
+            for key, value in row.items():
+                if key in ("step", "epoch") or value in ("", None):
+                    continue
+                try:
+                    v = float(value)
+                except ValueError:
+                    continue
+                if math.isfinite(v):
+                    series.setdefault(key, []).append((step, v))
+    return series
+
+
+def plot_curves(metrics_csv: str | Path, plots_dir: str | Path,
+                curves: dict[str, tuple[str, ...]] = CURVES) -> list[Path]:
+    """Write one PNG per entry of ``curves`` that has data; returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = read_metrics(metrics_csv)
+    plots_dir = Path(plots_dir)
+    written: list[Path] = []
+    for name, columns in curves.items():
+        present = [c for c in columns if series.get(c)]
+        if not present:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+        for col in present:
+            steps, values = zip(*series[col])
+            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3, label=col)
+        ax.set_xlabel("step")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out = plots_dir / f"{name}.png"
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+        written.append(out)
+    return written

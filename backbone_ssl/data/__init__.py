@@ -1,0 +1,1 @@
+"""Data: embedded toy data, real-layout readers, datasets and transforms."""

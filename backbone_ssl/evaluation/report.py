@@ -1,0 +1,345 @@
+"""Evaluate a frozen encoder on a train/test pair of identity folders and write the report.
+
+``run_eval`` writes ``OUT/report.json`` (schema in DESIGN.md), ``OUT/report.md`` and
+``OUT/plots/*.png``; other protocols add their own top-level key through :func:`merge_section`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backbone_ssl.data.datasets import ImageFolderDataset
+from backbone_ssl.errors import UserError
+from backbone_ssl.evaluation.features import embed_dataset, load_image_folder
+from backbone_ssl.evaluation.knn import knn_neighbours, knn_scores
+from backbone_ssl.evaluation.labels import align_by_name, no_test_left_message, require_identities
+from backbone_ssl.evaluation.linear import linear_probe
+from backbone_ssl.evaluation.plots import plot_embedding_2d, plot_retrieval_grid
+from backbone_ssl.export import Encoder
+from backbone_ssl.io import write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PLOTS_DIR = "plots"
+BASELINE_TAG = "_baseline"
+#: Neighbours shown per query in the retrieval grid.
+GRID_NEIGHBOURS = 5
+
+
+@dataclass
+class EvalSplits:
+    """Scanned train and test folders whose labels share the train class indices.
+
+    ``test`` keeps only decodable images whose identity folder also exists in ``train``;
+    ``skipped`` counts ``train``/``test`` undecodable files and ``dropped_unknown`` test images.
+    """
+
+    train: ImageFolderDataset
+    test: ImageFolderDataset
+    skipped: dict[str, int]
+
+    @property
+    def train_labels(self) -> np.ndarray:
+        """``[N]`` int64."""
+        return np.asarray(self.train.labels, dtype=np.int64)
+
+    @property
+    def test_labels(self) -> np.ndarray:
+        """``[M]`` int64, indices into ``train.classes``."""
+        return np.asarray(self.test.labels, dtype=np.int64)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+
+def load_splits(train_dir: str | os.PathLike, test_dir: str | os.PathLike) -> EvalSplits:
+    """Scan both folders, check there are >= 2 train identities, align test labels by name."""
+    train, train_skipped = load_image_folder(train_dir)
+    require_identities(train.labels, train.classes, f"--train {train_dir}")
+    test, test_skipped = load_image_folder(test_dir)
+    labels, keep, unknown = align_by_name(train.classes, test.classes, test.labels)
+    if len(keep) == 0:
+        raise UserError(no_test_left_message(f"--test {test_dir}", f"--train {train_dir}", unknown))
+    dropped = len(test.paths) - len(keep)
+    if dropped:
+        log.warning(
+            "dropping %d test images of %d identities absent from %s: %s",
+            dropped,
+            len(unknown),
+            train_dir,
+            ", ".join(unknown[:5]),
+        )
+    test.paths = [test.paths[i] for i in keep]
+    test.labels = labels.tolist()
+    test.classes = list(train.classes)
+    skipped = {"train": train_skipped, "test": test_skipped, "dropped_unknown": dropped}
+    return EvalSplits(train, test, skipped)
+
+
+def evaluate_splits(
+    encoder: Encoder,
+    splits: EvalSplits,
+    k: int = 20,
+    t: float = 0.07,
+    seed: int = 0,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    plots_dir: str | os.PathLike | None = None,
+    tag: str = "",
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """kNN + linear probe of ``encoder`` on prepared splits; see :func:`evaluate_encoder`."""
+    log.info(
+        "embedding %d train / %d test images with %s",
+        len(splits.train),
+        len(splits.test),
+        encoder.arch,
+    )
+    train_feats = embed_dataset(encoder, splits.train, batch_size, num_workers, device)
+    test_feats = embed_dataset(encoder, splits.test, batch_size, num_workers, device)
+    train_labels, test_labels = splits.train_labels, splits.test_labels
+    sims, idx = knn_neighbours(train_feats, test_feats, max(k, GRID_NEIGHBOURS))
+    knn = knn_scores(sims, idx, train_labels, test_labels, k, t, splits.num_classes)
+    linear = linear_probe(
+        train_feats,
+        train_labels,
+        test_feats,
+        test_labels,
+        seed=seed,
+        class_names=splits.train.classes,
+        source=f"--train {splits.train.root}",
+    )
+    if plots_dir is not None:
+        plots_dir = Path(plots_dir)
+        plot_retrieval_grid(
+            splits.test.paths,
+            splits.train.paths,
+            idx,
+            test_labels,
+            train_labels,
+            plots_dir / f"retrieval{tag}.png",
+            seed=seed,
+            n_neighbours=GRID_NEIGHBOURS,
+        )
+        plot_embedding_2d(
+            test_feats,
+            test_labels,
+            plots_dir / f"embedding{tag}.png",
+            class_names=splits.train.classes,
+            seed=seed,
+        )
+    return {
+        "knn": knn,
+        "linear": linear,
+        "n_train": len(splits.train),
+        "n_test": len(splits.test),
+        "num_classes": splits.num_classes,
+        "skipped": dict(splits.skipped),
+    }
+
+
+def evaluate_encoder(
+    encoder: Encoder,
+    train_dir: str | os.PathLike,
+    test_dir: str | os.PathLike,
+    k: int = 20,
+    t: float = 0.07,
+    seed: int = 0,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    plots_dir: str | os.PathLike | None = None,
+    tag: str = "",
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Embed both folders, run kNN (cosine, weighted vote) and the linear probe.
+
+    Returns ``{"knn": {k,t,top1,top5,nn1}, "linear": {top1}, "n_train", "n_test", "num_classes",
+    "skipped": {"train", "test", "dropped_unknown"}}``; with ``plots_dir`` also writes
+    ``retrieval{tag}.png`` and ``embedding{tag}.png`` there.
+    """
+    splits = load_splits(train_dir, test_dir)
+    return evaluate_splits(
+        encoder, splits, k, t, seed, batch_size, num_workers, plots_dir, tag, device
+    )
+
+
+def encoder_info(encoder: Encoder) -> dict[str, Any]:
+    """The report's ``encoder`` block: the export metadata plus ``arch`` and ``input_size``."""
+    return {**encoder.meta, "arch": encoder.arch, "input_size": encoder.input_size}
+
+
+def run_eval(
+    encoder: Encoder,
+    train_dir: str | os.PathLike,
+    test_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    k: int = 20,
+    t: float = 0.07,
+    baseline: Encoder | None = None,
+    seed: int = 0,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``encoder`` (and ``baseline`` on the same images) and write the report.
+
+    Writes ``out_dir/report.json`` (a fresh report: call :func:`merge_section` afterwards for
+    other protocols), ``out_dir/report.md`` and ``out_dir/plots/{retrieval,embedding}[_baseline].png``.
+    Returns the report dict.
+    """
+    out_dir = Path(out_dir)
+    plots_dir = out_dir / PLOTS_DIR
+    splits = load_splits(train_dir, test_dir)
+    run = {
+        "k": k,
+        "t": t,
+        "seed": seed,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "plots_dir": plots_dir,
+        "device": device,
+    }
+    result = evaluate_splits(encoder, splits, **run)
+    report: dict[str, Any] = {
+        "encoder": encoder_info(encoder),
+        "n_train": result["n_train"],
+        "n_test": result["n_test"],
+        "num_classes": result["num_classes"],
+        "knn": result["knn"],
+        "linear": result["linear"],
+    }
+    if baseline is not None:
+        base = evaluate_splits(baseline, splits, tag=BASELINE_TAG, **run)
+        report["baseline"] = {"arch": baseline.arch, "knn": base["knn"], "linear": base["linear"]}
+    report["skipped"] = result["skipped"]
+    write_report(out_dir, report)
+    return report
+
+
+def read_report(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """``out_dir/report.json`` as a dict (``{}`` when it does not exist yet)."""
+    path = Path(out_dir) / REPORT_JSON
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(report, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return report
+
+
+def write_report(out_dir: str | os.PathLike, report: dict[str, Any]) -> None:
+    """Write ``report.json`` and the matching ``report.md`` into ``out_dir`` atomically."""
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / REPORT_JSON, report)
+    write_text_atomic(out_dir / REPORT_MD, format_markdown(report, out_dir))
+
+
+def merge_section(out_dir: str | os.PathLike, key: str, value: Any) -> dict[str, Any]:
+    """Add or replace top-level ``key`` of ``out_dir/report.json`` (created when missing) and
+    regenerate ``report.md``; returns the updated report."""
+    report = read_report(out_dir)
+    report[key] = value
+    write_report(out_dir, report)
+    return report
+
+
+def _pct(value: Any) -> str:
+    """A fraction as a percentage with one decimal, or ``–`` when absent."""
+    return f"{100.0 * float(value):.1f}" if isinstance(value, (int, float)) else "–"
+
+
+def _encoder_label(info: dict[str, Any]) -> str:
+    """``arch`` plus the pretraining method when known, e.g. ``resnet18 (dino)``."""
+    arch = str(info.get("arch", "encoder"))
+    method = info.get("method")
+    return f"{arch} ({method})" if method else arch
+
+
+def _metric_row(label: str, section: dict[str, Any]) -> str:
+    knn, linear = section.get("knn", {}), section.get("linear", {})
+    cells = [knn.get("top1"), knn.get("top5"), knn.get("nn1"), linear.get("top1")]
+    return "| " + " | ".join([label, *(_pct(c) for c in cells)]) + " |"
+
+
+def _knn_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """kNN / linear accuracies (%), one row per ``(label, section)`` that holds them."""
+    lines = [
+        "| encoder | kNN top-1 (%) | kNN top-5 (%) | 1-NN (%) | linear top-1 (%) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [_metric_row(name, sec) for name, sec in rows if "knn" in sec or "linear" in sec]
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _icartoonface_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """iCartoonFace rank-1 (%), one row per ``(label, section)`` that holds it."""
+    lines = [
+        f"| iCartoonFace | {name} | {_pct(icf.get('rank1'))} | {icf.get('probes', '–')} |"
+        for name, sec in rows
+        if isinstance(icf := sec.get("icartoonface"), dict)
+    ]
+    if not lines:
+        return ""
+    return "| protocol | encoder | rank-1 (%) | probes |\n|---|---|---:|---:|\n" + "\n".join(lines)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown tables of a report (accuracies in %): kNN and linear probe with one row per
+    encoder (the baseline second), then iCartoonFace rows when that protocol has been run."""
+    rows = [(_encoder_label(report.get("encoder", {})), report)]
+    if isinstance(base := report.get("baseline"), dict):
+        rows.append((f"baseline: {base.get('arch', '?')}", base))
+    tables = [_knn_table(rows), _icartoonface_table(rows)]
+    if tables[0]:
+        knn = report.get("knn", {})
+        tables[0] += f"\n\nkNN: k={knn.get('k', '?')}, t={knn.get('t', '?')}"
+    tables = [t for t in tables if t]
+    return "\n\n".join(tables) if tables else "(no results)"
+
+
+def _counts_lines(report: dict[str, Any]) -> list[str]:
+    """Bullet lines with image and identity counts and skipped files."""
+    lines = []
+    if "n_train" in report:
+        lines.append(
+            f"- train: {report['n_train']} images, {report.get('num_classes', '?')} identities; "
+            f"test: {report.get('n_test', '?')} images"
+        )
+    skipped = report.get("skipped")
+    if skipped:
+        lines.append(
+            f"- skipped: {skipped.get('train', 0)} undecodable train and {skipped.get('test', 0)} "
+            f"undecodable test images; {skipped.get('dropped_unknown', 0)} test images of "
+            "identities absent from train"
+        )
+    return lines
+
+
+def format_markdown(report: dict[str, Any], out_dir: str | os.PathLike | None = None) -> str:
+    """The whole ``report.md``: tables, counts, and the plots found in ``out_dir/plots``."""
+    info = report.get("encoder", {})
+    parts = [f"# Evaluation: {_encoder_label(info)}", format_table(report)]
+    counts = _counts_lines(report)
+    if counts:
+        parts.append("\n".join(counts))
+    details = {k: v for k, v in info.items() if not isinstance(v, (dict, list))}
+    if details:
+        parts.append("Encoder: " + ", ".join(f"{k}={v}" for k, v in details.items()))
+    if out_dir is not None:
+        pngs = sorted((Path(out_dir) / PLOTS_DIR).glob("*.png"))
+        parts.extend(f"![{p.stem}]({PLOTS_DIR}/{p.name})" for p in pngs)
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,25 @@
+"""Pretraining methods: a registry mapping names to LightningModule classes (solo-learn style)."""
+
+from __future__ import annotations
+
+import difflib
+
+from backbone_ssl.errors import UserError
+from backbone_ssl.methods.base import SSLMethod
+from backbone_ssl.methods.byol import BYOL
+from backbone_ssl.methods.dino import DINO
+
+METHODS: dict[str, type[SSLMethod]] = {"dino": DINO, "byol": BYOL}
+
+
+def get_method(name: str) -> type[SSLMethod]:
+    """The method class registered under ``name`` (UserError naming the valid ones otherwise)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        near = difflib.get_close_matches(name, list(METHODS), n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise UserError(f"unknown method '{name}' (choose from {', '.join(METHODS)}){hint}") from None
+
+
+__all__ = ["METHODS", "SSLMethod", "get_method"]

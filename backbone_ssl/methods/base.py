@@ -1,0 +1,135 @@
+"""The base LightningModule every pretraining method subclasses (solo-learn style).
+
+It owns the shared machinery: the timm backbone, the optimiser with lightly's linear-warm-up +
+cosine schedule (per step), the EMA momentum schedule, the collapse monitor, the non-finite-loss
+guard and the skipped-image counter. A method file adds only its heads, its transform and its loss
+(:meth:`SSLMethod.ssl_step`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, ClassVar, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+from lightly.models.utils import get_weight_decay_parameters
+from lightly.utils.debug import std_of_l2_normalized
+from lightly.utils.scheduler import cosine_schedule, cosine_warmup_schedule
+
+from backbone_ssl.backbones import create_backbone, num_features
+from backbone_ssl.config import RunConfig, to_dict
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training loss is NaN or infinite; the run stops, last.ckpt is kept."""
+
+
+class SSLMethod(pl.LightningModule):
+    """Shared base: backbone + optimiser + schedules + monitors.
+
+    Subclasses set :attr:`name`, :attr:`config_cls`, build their heads in ``__init__`` and
+    implement :meth:`train_transform` and :meth:`ssl_step`.
+    """
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[RunConfig]] = RunConfig
+
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # plain python containers only: the checkpoint must load with weights_only=True
+        self.save_hyperparameters({"config": to_dict(cfg)})
+        self.backbone = create_backbone(cfg.model.arch)
+        self.skipped_images = 0
+
+    # ---- to implement -------------------------------------------------------------------
+    def train_transform(self) -> Callable:
+        """PIL image -> list of augmented view tensors (a lightly ``*Transform``)."""
+        raise NotImplementedError
+
+    def ssl_step(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views ``V x [B,3,H,W]`` -> ``(loss [], embeddings [B,D])`` (embeddings feed the
+        collapse monitor)."""
+        raise NotImplementedError
+
+    # ---- shared ---------------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        return num_features(self.backbone)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B,3,H,W]`` -> pooled backbone features ``[B, num_features]``."""
+        return self.backbone(x)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps the whole run will take (Lightning's estimate, >= 1)."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return 1
+        est = trainer.estimated_stepping_batches
+        return max(1, int(est) if math.isfinite(est) else 1)
+
+    def momentum_at(self, start: float, end: float) -> float:
+        """EMA momentum for the current step: lightly's cosine schedule from start to end."""
+        return cosine_schedule(self.global_step, self.total_steps, start, end)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        views, _labels, skipped = batch
+        loss, embeddings = self.ssl_step(views)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at step {self.global_step}; "
+                "try a lower optim.lr or trainer.precision=32-true; the last checkpoint is kept"
+            )
+        n_skipped = int(skipped.sum().item()) if torch.is_tensor(skipped) else int(sum(skipped))
+        self.skipped_images += n_skipped
+        bs = views[0].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        self.log("train/collapse_std", std_of_l2_normalized(embeddings.detach().float()),
+                 batch_size=bs)
+        self.log("train/skipped_images", float(self.skipped_images), batch_size=bs,
+                 reduce_fx="max")
+        return loss
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """Modules the optimiser updates (the student side); EMA copies are excluded."""
+        return [self.backbone]
+
+    def configure_optimizers(self):
+        cfg = self.cfg.optim
+        decay, no_decay = get_weight_decay_parameters(self.trainable_modules())
+        decay = [p for p in decay if p.requires_grad]
+        no_decay = [p for p in no_decay if p.requires_grad]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        lr = self.scaled_lr()
+        if cfg.name == "adamw":
+            opt = torch.optim.AdamW(groups, lr=lr)
+        else:
+            opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+        total = self.total_steps
+        warmup = min(int(cfg.warmup_fraction * total), total)
+        min_frac = cfg.min_lr_fraction
+
+        def lr_factor(step: int) -> float:
+            return cosine_warmup_schedule(
+                step=min(step, total), max_steps=total, start_value=1.0, end_value=min_frac,
+                warmup_steps=warmup, warmup_start_value=0.0,
+            )
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def scaled_lr(self) -> float:
+        """``optim.lr`` scaled by effective batch / per-device batch (``optim.lr_scaling``)."""
+        cfg = self.cfg.optim
+        trainer = getattr(self, "_trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        factor = {"none": 1.0, "linear": float(world), "sqrt": math.sqrt(world)}[cfg.lr_scaling]
+        return cfg.lr * factor

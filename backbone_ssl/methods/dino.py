@@ -1,0 +1,131 @@
+"""DINO: self-distillation with no labels (Caron et al., 2021, https://arxiv.org/abs/2104.14294).
+
+Student = backbone + ``DINOProjectionHead``; teacher = an EMA copy of both. The loss, the centre
+(synchronised across DDP processes by lightly), the heads, the multi-crop transform, the momentum
+update and the schedules all come from lightly.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+from lightly.loss import DINOLoss
+from lightly.models.modules import DINOProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.transforms.dino_transform import DINOTransform
+from lightly.utils.scheduler import linear_warmup_schedule
+
+from backbone_ssl.config import RunConfig
+from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
+from backbone_ssl.errors import UserError
+from backbone_ssl.methods.base import SSLMethod
+
+
+@dataclass
+class DINOSection:
+    """DINO's own settings (paper defaults scaled down for 64 px cartoon faces on CPU)."""
+
+    hidden_dim: int = 512  # projection MLP width (paper: 2048)
+    bottleneck_dim: int = 128  # before the weight-normalised last layer (paper: 256)
+    output_dim: int = 2048  # prototypes K (paper: 65536)
+    batch_norm_head: bool = False
+    norm_last_layer: bool = True
+    freeze_last_layer_epochs: int = 1  # last layer frozen during the first N epochs
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_fraction: float = 0.3  # fraction of steps for the teacher temp warm-up
+    center_momentum: float = 0.9
+    momentum_start: float = 0.996  # teacher EMA momentum, cosine to momentum_end
+    momentum_end: float = 1.0
+    n_local_views: int = 2  # local crops per image: each costs a forward+backward (CPU: keep low)
+    local_crop_size: int = 32
+    global_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.1, 0.4])
+    hf_prob: float = 0.5
+    cj_strength: float = 0.5
+    solarization_prob: float = 0.2
+
+
+@dataclass
+class DINOConfig(RunConfig):
+    method: str = "dino"
+    dino: DINOSection = field(default_factory=DINOSection)
+
+    def validate(self) -> None:
+        if self.dino.n_local_views < 0:
+            raise UserError("config key 'dino.n_local_views' must be >= 0")
+        if len(self.dino.global_crop_scale) != 2 or len(self.dino.local_crop_scale) != 2:
+            raise UserError("config keys 'dino.*_crop_scale' take two numbers [min, max]")
+
+
+class DINO(SSLMethod):
+    """DINO on any timm backbone."""
+
+    name = "dino"
+    config_cls = DINOConfig
+
+    def __init__(self, cfg: DINOConfig) -> None:
+        super().__init__(cfg)
+        d = cfg.dino
+        self.student_head = DINOProjectionHead(
+            self.feature_dim, d.hidden_dim, d.bottleneck_dim, d.output_dim,
+            batch_norm=d.batch_norm_head, freeze_last_layer=d.freeze_last_layer_epochs,
+            norm_last_layer=d.norm_last_layer,
+        )
+        self.teacher_backbone = copy.deepcopy(self.backbone)
+        # deepcopy of a weight_norm module fails: build a fresh head and copy the weights
+        self.teacher_head = DINOProjectionHead(
+            self.feature_dim, d.hidden_dim, d.bottleneck_dim, d.output_dim,
+            batch_norm=d.batch_norm_head, norm_last_layer=d.norm_last_layer,
+        )
+        self.teacher_head.load_state_dict(self.student_head.state_dict())
+        deactivate_requires_grad(self.teacher_backbone)
+        deactivate_requires_grad(self.teacher_head)
+        self.criterion = DINOLoss(
+            output_dim=d.output_dim, warmup_teacher_temp=d.warmup_teacher_temp,
+            teacher_temp=d.teacher_temp, student_temp=d.student_temp,
+            center_momentum=d.center_momentum,
+        )
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.backbone, self.student_head]
+
+    def train_transform(self) -> Callable:
+        d, size = self.cfg.dino, self.cfg.data.image_size
+        return DINOTransform(
+            global_crop_size=size, global_crop_scale=tuple(d.global_crop_scale),
+            local_crop_size=d.local_crop_size, local_crop_scale=tuple(d.local_crop_scale),
+            n_local_views=d.n_local_views, hf_prob=d.hf_prob, cj_strength=d.cj_strength,
+            solarization_prob=d.solarization_prob,
+            normalize={"mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)},
+        )
+
+    def teacher_temp_now(self) -> float:
+        """Teacher temperature: linear warm-up over a fraction of the steps (lightly schedule)."""
+        d = self.cfg.dino
+        warm = max(1, int(d.warmup_teacher_temp_fraction * self.total_steps))
+        if self.global_step >= warm:
+            return d.teacher_temp
+        return linear_warmup_schedule(self.global_step, warm, d.warmup_teacher_temp, d.teacher_temp)
+
+    def ssl_step(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.cfg.dino
+        m = self.momentum_at(d.momentum_start, d.momentum_end)
+        update_momentum(self.backbone, self.teacher_backbone, m)
+        update_momentum(self.student_head, self.teacher_head, m)
+        global_views = views[:2]
+        with torch.no_grad():
+            teacher_out = [self.teacher_head(self.teacher_backbone(v)) for v in global_views]
+        feats = [self.backbone(v) for v in views]
+        student_out = [self.student_head(f) for f in feats]
+        loss = self.criterion(teacher_out, student_out, teacher_temp=self.teacher_temp_now())
+        self.log("train/ema_momentum", m, batch_size=views[0].shape[0])
+        return loss, feats[0]
+
+    def on_after_backward(self) -> None:
+        self.student_head.cancel_last_layer_gradients(current_epoch=self.current_epoch)

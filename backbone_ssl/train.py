@@ -1,0 +1,164 @@
+"""``backbone-ssl pretrain``: the Lightning Trainer around a method.
+
+Lightning does the loop, devices, DDP, precision, checkpoint/resume, progress bar and CSV logs;
+this module only wires the run directory:
+
+    RUN/config.yaml              the resolved config (what `--resume` reads back)
+    RUN/checkpoints/last.ckpt    rewritten atomically every `trainer.checkpoint_every_n_steps`
+    RUN/metrics.csv              Lightning CSVLogger
+    RUN/plots/*.png              loss, kNN, lr, EMA momentum, collapse monitor
+    RUN/encoder/                 the exported frozen backbone (timm folder), at the end
+"""
+
+from __future__ import annotations
+
+import logging
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from backbone_ssl.checkpointing import AtomicCheckpointIO
+from backbone_ssl.config import RunConfig, load_config, to_yaml
+from backbone_ssl.curves import plot_curves
+from backbone_ssl.data.datasets import ImageFolderDataset, PretrainViews, resolve_image_root
+from backbone_ssl.errors import UserError
+from backbone_ssl.export import export_encoder
+from backbone_ssl.io import write_text_atomic
+from backbone_ssl.methods import get_method
+from backbone_ssl.methods.base import SSLMethod
+from backbone_ssl.monitors import OnlineKNN
+from backbone_ssl.runlog import RunCSVLogger, truncate_metrics
+
+log = logging.getLogger(__name__)
+
+LAST_CKPT = Path("checkpoints") / "last.ckpt"
+
+
+@dataclass
+class RunResult:
+    """What a finished ``pretrain`` leaves behind."""
+
+    run_dir: Path
+    encoder_dir: Path
+    steps: int
+    seconds: float
+    skipped_images: int
+    images_per_second: float
+
+
+def resolve_precision(cfg: RunConfig) -> str:
+    """``auto`` -> ``bf16-mixed`` on a GPU, ``32-true`` on CPU (bf16 autocast is slow on CPU)."""
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    acc = cfg.trainer.accelerator
+    on_gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def build_config(method: str, config_file: str | None, data: str | None, out: str | None,
+                 resume: bool, overrides: Sequence[str]) -> tuple[RunConfig, Path]:
+    """Resolve the run's config and directory (``--resume`` re-reads ``RUN/config.yaml``)."""
+    cls = get_method(method)
+    run_dir = Path(out) if out else Path("runs") / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume:
+        if not (run_dir / LAST_CKPT).is_file():
+            raise UserError(f"nothing to resume: {run_dir / LAST_CKPT} does not exist "
+                            "(start the run without --resume)")
+        if config_file is None and (run_dir / "config.yaml").is_file():
+            config_file = str(run_dir / "config.yaml")
+    elif (run_dir / LAST_CKPT).exists():
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it "
+                        "or choose another --out")
+    cfg = load_config(cls.config_cls, method, config_file, overrides, data__path=data)
+    if cfg.method != method:
+        raise UserError(f"config is for method '{cfg.method}', not '{method}'")
+    if not cfg.data.path:
+        raise UserError("no training data: pass --data DIR (an image folder, an iCartoonFace "
+                        "root or a `golden prepare` output)")
+    return cfg, run_dir
+
+
+def make_loader(model: SSLMethod, cfg: RunConfig) -> tuple[DataLoader, ImageFolderDataset]:
+    """Shuffled DataLoader of augmented views (Lightning adds the DistributedSampler)."""
+    images = ImageFolderDataset(resolve_image_root(cfg.data.path))
+    dataset = PretrainViews(images, model.train_transform(), cfg.data.max_images)
+    bs = cfg.data.batch_size
+    if bs < 2:
+        raise UserError("config key 'data.batch_size' must be >= 2 (heads use batch norm)")
+    workers = cfg.data.num_workers
+    loader = DataLoader(
+        dataset, batch_size=min(bs, len(dataset)), shuffle=True,
+        drop_last=len(dataset) > bs, num_workers=workers,
+        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+    )
+    return loader, images
+
+
+def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
+    """A Lightning Trainer configured from ``cfg.trainer``, logging into ``run_dir``."""
+    t = cfg.trainer
+    ckpt = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+        every_n_train_steps=max(1, t.checkpoint_every_n_steps), save_on_train_epoch_end=True,
+    )
+    return pl.Trainer(
+        max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator,
+        devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=resolve_precision(cfg), default_root_dir=str(run_dir),
+        logger=RunCSVLogger(run_dir),
+        callbacks=[ckpt, *callbacks], plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=max(1, t.log_every_n_steps), gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
+        limit_train_batches=t.limit_train_batches, enable_model_summary=False,
+    )
+
+
+def pretrain(method: str, *, config_file: str | None = None, data: str | None = None,
+             out: str | None = None, resume: bool = False,
+             overrides: Sequence[str] = ()) -> RunResult:
+    """Run one pretraining job end to end (train, checkpoint, export, plots)."""
+    cfg, run_dir = build_config(method, config_file, data, out, resume, overrides)
+    pl.seed_everything(cfg.seed, workers=True)
+    model = get_method(method)(cfg)
+    loader, images = make_loader(model, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
+    callbacks = []
+    if cfg.data.val_train and cfg.data.val_test:
+        callbacks.append(OnlineKNN(cfg.data.val_train, cfg.data.val_test,
+                                   image_size=cfg.data.image_size,
+                                   every_n_epochs=cfg.data.val_every_n_epochs))
+    trainer = make_trainer(cfg, run_dir, callbacks)
+    ckpt_path = str(run_dir / LAST_CKPT) if resume else None
+    steps_before = 0
+    if ckpt_path:
+        steps_before = int(torch.load(ckpt_path, map_location="cpu",
+                                      weights_only=True).get("global_step", 0))
+        truncate_metrics(run_dir / "metrics.csv", steps_before)
+    start = time.perf_counter()
+    trainer.fit(model, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
+    seconds = time.perf_counter() - start
+    steps = int(trainer.global_step)
+    # the final state, whatever the step count, so --resume and export see the finished run
+    trainer.save_checkpoint(run_dir / LAST_CKPT, weights_only=False)
+    enc_dir = run_dir / "encoder"
+    if trainer.is_global_zero:
+        export_encoder(
+            model.backbone, cfg.model.arch, enc_dir, input_size=cfg.data.image_size,
+            meta={"method": method, "data": str(cfg.data.path), "steps": steps},
+        )
+        plot_curves(run_dir / "metrics.csv", run_dir / "plots")
+    batch = loader.batch_size or cfg.data.batch_size
+    ips = (steps - steps_before) * batch * trainer.world_size / max(seconds, 1e-9)
+    if images.skipped or model.skipped_images:
+        log.warning("skipped %d undecodable image reads during training", model.skipped_images)
+    return RunResult(run_dir, enc_dir, steps, seconds, model.skipped_images, ips)
+
+

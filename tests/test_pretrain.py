@@ -1,0 +1,96 @@
+"""Pretraining end to end on tiny data: run dir contract, resume, monitors, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from backbone_ssl.cli import main
+from backbone_ssl.export import load_encoder_bundle, read_checkpoint
+
+FAST = ["trainer.enable_progress_bar=false", "data.num_workers=0", "model.arch=resnet10t",
+        "data.image_size=32", "data.batch_size=8", "trainer.log_every_n_steps=1"]
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("method", ["dino", "byol"])
+def test_pretrain_writes_the_run_contract(method, tiny_split, tmp_path):
+    train, test = tiny_split
+    run = tmp_path / "run"
+    extra = ["dino.local_crop_size=16"] if method == "dino" else []
+    rc = main(["pretrain", method, "--data", str(train), "--out", str(run),
+               "trainer.max_steps=4", f"data.val_train={train}", f"data.val_test={test}",
+               *FAST, *extra])
+    assert rc == 0
+    for rel in ("config.yaml", "metrics.csv", "checkpoints/last.ckpt", "encoder/config.json",
+                "encoder/model.safetensors", "plots/loss.png", "plots/knn.png"):
+        assert (run / rel).is_file(), rel
+    metrics = rows(run / "metrics.csv")
+    losses = [float(r["train/loss"]) for r in metrics if r.get("train/loss")]
+    assert len(losses) == 4 and all(l == l for l in losses)  # noqa: E741 - finite, one per step
+    knn = [float(r["val/knn_top1"]) for r in metrics if r.get("val/knn_top1")]
+    assert knn and all(0.0 <= v <= 1.0 for v in knn)
+    momentum = [float(r["train/ema_momentum"]) for r in metrics if r.get("train/ema_momentum")]
+    assert momentum == sorted(momentum)  # cosine schedule towards 1.0
+    enc = load_encoder_bundle(run / "encoder")
+    assert enc.arch == "resnet10t" and enc.input_size == 32
+    assert enc.meta["method"] == method and enc.meta["steps"] == 4
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")  # weights_only=True works
+    assert ckpt["global_step"] == 4
+    # the exported encoder equals the checkpoint's student backbone
+    state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items()
+             if k.startswith("backbone.")}
+    for k, v in enc.module.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+
+
+def test_resume_continues_to_more_steps(tiny_split, tmp_path):
+    train, _ = tiny_split
+    run = tmp_path / "run"
+    assert main(["pretrain", "byol", "--data", str(train), "--out", str(run),
+                 "trainer.max_steps=3", *FAST]) == 0
+    # a second start without --resume refuses to overwrite
+    assert main(["pretrain", "byol", "--data", str(train), "--out", str(run), *FAST]) == 2
+    assert main(["pretrain", "byol", "--out", str(run), "--resume",
+                 "trainer.max_steps=5"]) == 0
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 5
+    steps = [int(r["step"]) for r in rows(run / "metrics.csv") if r.get("train/loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # steps 0..4, once each
+    assert json.loads((run / "encoder" / "config.json").read_text())["backbone_ssl"]["steps"] == 5
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, tiny_split):
+    train, _ = tiny_split
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["pretrain", "dino", "--data", str(tmp_path / "missing")], "not found"),
+        (["pretrain", "dino", "--data", str(empty), "--out", str(tmp_path / "r1")], "no images"),
+        (["pretrain", "dino", "--data", str(train), "optim.lrr=1"], "did you mean 'optim.lr'"),
+        (["pretrain", "dino", "--data", str(train), "data.batch_size=x"], "data.batch_size"),
+        (["pretrain", "simclr", "--data", str(train)], "unknown method"),
+        (["pretrain", "dino", "--out", str(tmp_path / "r2"), "--resume"], "nothing to resume"),
+        (["pretrain", "dino"], "no training data"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (argv, err)
+
+
+def test_undecodable_images_are_skipped_and_counted(tiny_split, tmp_path):
+    train, _ = tiny_split
+    (train / "id_0" / "broken.jpg").write_bytes(b"not an image at all")
+    (train / "id_1" / "empty.png").write_bytes(b"")
+    run = tmp_path / "run"
+    assert main(["pretrain", "byol", "--data", str(train), "--out", str(run),
+                 "trainer.max_epochs=1", *FAST, "data.batch_size=26"]) == 0
+    last = [r for r in rows(run / "metrics.csv") if r.get("train/skipped_images")][-1]
+    assert float(last["train/skipped_images"]) == 2.0
