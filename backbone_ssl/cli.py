@@ -48,6 +48,12 @@ def _toy(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--size", type=int, default=64)
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_toy_faces)
+    c = toy_sub.add_parser("comics", help="procedural comic books in the COMICS layout")
+    c.add_argument("--out", required=True)
+    c.add_argument("--books", type=int, default=6)
+    c.add_argument("--pages", type=int, default=8)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_toy_comics)
 
 
 def cmd_toy_faces(args: argparse.Namespace) -> int:
@@ -61,6 +67,45 @@ def cmd_toy_faces(args: argparse.Namespace) -> int:
                               per_identity=args.per_identity, size=args.size, seed=args.seed)
     print(f"wrote toy faces to {args.out} in {time.perf_counter() - t0:.1f}s: "
           f"{_summary_line(summary)}")
+    return 0
+
+
+def cmd_toy_comics(args: argparse.Namespace) -> int:
+    from backbone_ssl.data.toy_comics import write_toy_comics
+
+    if args.books < 1 or args.pages < 1:
+        raise UserError(f"--books and --pages must be >= 1 (got {args.books}, {args.pages})")
+    t0 = time.perf_counter()
+    summary = write_toy_comics(args.out, books=args.books, pages=args.pages, seed=args.seed)
+    print(f"wrote toy comics to {args.out} in {time.perf_counter() - t0:.1f}s: "
+          f"{_summary_line(summary)}")
+    return 0
+
+
+# ---- golden ----------------------------------------------------------------------------------
+@registrar
+def _golden(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("golden", help="Golden Age comics (COMICS) data preparation")
+    g_sub = p.add_subparsers(dest="golden_cmd", required=True, parser_class=_Parser)
+    g = g_sub.add_parser("prepare", help="face boxes + panels -> sequences, face crops, labels")
+    g.add_argument("--panels", required=True, help="raw_panel_images/ folder")
+    g.add_argument("--annotations", required=True, help="folder of <book>.txt face detections")
+    g.add_argument("--out", required=True)
+    g.add_argument("--min-conf", type=float, default=0.9)
+    g.add_argument("--min-face", type=int, default=32)
+    g.add_argument("--window", type=int, default=3)
+    g.add_argument("--face-size", type=int, default=64)
+    g.add_argument("--workers", type=int, default=1)
+    g.set_defaults(func=cmd_golden_prepare)
+
+
+def cmd_golden_prepare(args: argparse.Namespace) -> int:
+    from backbone_ssl.data.golden import prepare, summary_line
+
+    stats = prepare(args.panels, args.annotations, args.out, min_conf=args.min_conf,
+                    min_face=args.min_face, window=args.window, face_size=args.face_size,
+                    workers=args.workers)
+    print(summary_line(stats))
     return 0
 
 
@@ -151,10 +196,57 @@ def cmd_export(args: argparse.Namespace) -> int:
     from backbone_ssl import export
 
     if args.format == "ssupergan":
-        out = export.export_ssupergan(args.checkpoint, args.out)
+        from backbone_ssl.ssupergan import export_ssupergan
+
+        out = export_ssupergan(args.checkpoint, args.out)
     else:
         out = export.export_checkpoint(args.checkpoint, args.out)
     print(f"exported {args.format} encoder to {out}")
+    return 0
+
+
+# ---- search ---------------------------------------------------------------------------------
+@registrar
+def _search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="hyper-parameter search (optuna) over short runs")
+    p.add_argument("method", help="dino | byol | inpaint | person")
+    p.add_argument("--trials", type=int, required=True)
+    p.add_argument("--sampler", choices=["grid", "random"], default="random")
+    p.add_argument("--space", help="search space YAML (default configs/search_<method>.yaml)")
+    p.add_argument("--data")
+    p.add_argument("--out", default="search_out")
+    p.set_defaults(func=cmd_search, accepts_overrides=True)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from backbone_ssl.search import run_search
+
+    if args.trials < 1:
+        raise UserError(f"--trials must be >= 1, got {args.trials}")
+    summary = run_search(args.method, trials=args.trials, sampler=args.sampler, space=args.space,
+                         data=args.data, out=args.out, overrides=args.overrides)
+    print(summary.get("summary", summary))
+    return 0
+
+
+# ---- downstream -----------------------------------------------------------------------------
+@registrar
+def _downstream(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("downstream", help="plug an encoder into a downstream model")
+    p.add_argument("task", choices=["cloze", "siamese", "gan"])
+    p.add_argument("--encoder", required=True, help="encoder folder, checkpoint or random:<arch>")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", help="run directory (default runs/<task>-<time>)")
+    p.set_defaults(func=cmd_downstream, accepts_overrides=True)
+
+
+def cmd_downstream(args: argparse.Namespace) -> int:
+    from downstream import run_downstream
+
+    out = args.out or str(Path("runs") / f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_downstream(args.task, encoder=args.encoder, data=args.data, out=out,
+                   overrides=args.overrides)
+    print((Path(out) / "report.md").read_text())
     return 0
 
 

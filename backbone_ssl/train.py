@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader
 from backbone_ssl.checkpointing import AtomicCheckpointIO
 from backbone_ssl.config import RunConfig, load_config, to_yaml
 from backbone_ssl.curves import plot_curves
-from backbone_ssl.data.datasets import ImageFolderDataset, PretrainViews, resolve_image_root
 from backbone_ssl.errors import UserError
 from backbone_ssl.export import export_encoder
 from backbone_ssl.io import write_text_atomic
@@ -85,20 +84,18 @@ def build_config(method: str, config_file: str | None, data: str | None, out: st
     return cfg, run_dir
 
 
-def make_loader(model: SSLMethod, cfg: RunConfig) -> tuple[DataLoader, ImageFolderDataset]:
-    """Shuffled DataLoader of augmented views (Lightning adds the DistributedSampler)."""
-    images = ImageFolderDataset(resolve_image_root(cfg.data.path))
-    dataset = PretrainViews(images, model.train_transform(), cfg.data.max_images)
+def make_loader(model: SSLMethod, cfg: RunConfig) -> DataLoader:
+    """Shuffled DataLoader over ``model.train_dataset()`` (Lightning adds the DistributedSampler)."""
+    dataset = model.train_dataset()
     bs = cfg.data.batch_size
     if bs < 2:
         raise UserError("config key 'data.batch_size' must be >= 2 (heads use batch norm)")
     workers = cfg.data.num_workers
-    loader = DataLoader(
+    return DataLoader(
         dataset, batch_size=min(bs, len(dataset)), shuffle=True,
         drop_last=len(dataset) > bs, num_workers=workers,
         persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
     )
-    return loader, images
 
 
 def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
@@ -127,7 +124,7 @@ def pretrain(method: str, *, config_file: str | None = None, data: str | None = 
     cfg, run_dir = build_config(method, config_file, data, out, resume, overrides)
     pl.seed_everything(cfg.seed, workers=True)
     model = get_method(method)(cfg)
-    loader, images = make_loader(model, cfg)
+    loader = make_loader(model, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
     callbacks = []
@@ -157,7 +154,7 @@ def pretrain(method: str, *, config_file: str | None = None, data: str | None = 
         plot_curves(run_dir / "metrics.csv", run_dir / "plots")
     batch = loader.batch_size or cfg.data.batch_size
     ips = (steps - steps_before) * batch * trainer.world_size / max(seconds, 1e-9)
-    if images.skipped or model.skipped_images:
+    if model.skipped_images:
         log.warning("skipped %d undecodable image reads during training", model.skipped_images)
     return RunResult(run_dir, enc_dir, steps, seconds, model.skipped_images, ips)
 

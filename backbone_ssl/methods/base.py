@@ -14,12 +14,14 @@ from typing import Any, Callable, ClassVar, Sequence
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.debug import std_of_l2_normalized
 from lightly.utils.scheduler import cosine_schedule, cosine_warmup_schedule
 
 from backbone_ssl.backbones import create_backbone, num_features
 from backbone_ssl.config import RunConfig, to_dict
+from backbone_ssl.data.datasets import ImageFolderDataset, PretrainViews, resolve_image_root
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,6 +55,15 @@ class SSLMethod(pl.LightningModule):
         """Views ``V x [B,3,H,W]`` -> ``(loss [], embeddings [B,D])`` (embeddings feed the
         collapse monitor)."""
         raise NotImplementedError
+
+    def train_dataset(self) -> Dataset:
+        """The training set: augmented views of every image under ``data.path``.
+
+        Items are ``(views, label, skipped)`` (see :class:`PretrainViews`); methods with another
+        kind of data (panels, labels) override this and :meth:`training_step`.
+        """
+        images = ImageFolderDataset(resolve_image_root(self.cfg.data.path))
+        return PretrainViews(images, self.train_transform(), self.cfg.data.max_images)
 
     # ---- shared ---------------------------------------------------------------------------
     @property

@@ -1,0 +1,1 @@
+"""downstream: models that consume exported encoders (face cloze, Siamese identity, GAN)."""
