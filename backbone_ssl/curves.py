@@ -15,6 +15,10 @@ CURVES: dict[str, tuple[str, ...]] = {
     "lr": ("train/lr",),
     "ema_momentum": ("train/ema_momentum",),
     "collapse": ("train/collapse_std",),
+    "hole_psnr": ("val/hole_psnr", "val/meanfill_hole_psnr"),
+    "hole_ssim": ("val/ssim", "val/meanfill_ssim"),
+    "gan": ("train/d_loss", "train/adv", "train/l1"),
+    "person": ("val/acc", "val/balanced_acc", "val/roc_auc"),
 }
 
 

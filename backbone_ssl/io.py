@@ -52,20 +52,35 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+class ImageTooLargeError(ValueError):
+    """An image above :data:`MAX_IMAGE_PIXELS` (a decompression bomb, or simply too big)."""
+
+
 def open_rgb(path: str | os.PathLike) -> Image.Image:
     """Decode an image file fully into RGB.
 
     Handles greyscale, palette, RGBA (composited on white), CMYK and 16-bit images. Raises
-    ``OSError``/``ValueError``/``Image.DecompressionBombError`` for files that are not decodable
-    images; callers that stream data catch those, count the file and skip it.
+    ``OSError``/``ValueError`` (:class:`ImageTooLargeError` above :data:`MAX_IMAGE_PIXELS`, checked
+    from the header before decoding) for files that are not decodable images; callers that stream
+    data catch those, count the file and skip it.
     """
-    with Image.open(path) as im:
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as exc:  # > 2 x MAX_IMAGE_PIXELS: PIL refuses itself
+        raise ImageTooLargeError(str(exc)) from None
+    with im:
+        w, h = im.size
+        if w * h > MAX_IMAGE_PIXELS:  # PIL only warns between 1x and 2x the limit
+            raise ImageTooLargeError(
+                f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {MAX_IMAGE_PIXELS}"
+            )
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             import numpy as np
 
             arr = np.asarray(im, dtype=np.float64)
-            peak = 65535.0 if arr.max() > 255 else 255.0
+            # 16-bit modes span 0..65535; mode "I" (32-bit) has no fixed range: guess from data
+            peak = 65535.0 if im.mode != "I" or arr.max() > 255 else 255.0
             im = Image.fromarray((arr / peak * 255.0).clip(0, 255).astype("uint8"), "L")
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             rgba = im.convert("RGBA")

@@ -13,7 +13,7 @@ this module only wires the run directory:
 from __future__ import annotations
 
 import logging
-
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +21,15 @@ from typing import Sequence
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from lightning_fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from backbone_ssl.checkpointing import AtomicCheckpointIO
+from backbone_ssl.checkpointing import AtomicCheckpointIO, FlushingCheckpoint, remove_stale_temps
 from backbone_ssl.config import RunConfig, load_config, to_yaml
 from backbone_ssl.curves import plot_curves
+from backbone_ssl.data.sampling import RestoreLoaderState, ResumableLoader
 from backbone_ssl.errors import UserError
-from backbone_ssl.export import export_encoder
+from backbone_ssl.export import export_encoder, read_checkpoint
 from backbone_ssl.io import write_text_atomic
 from backbone_ssl.methods import get_method
 from backbone_ssl.methods.base import SSLMethod
@@ -38,6 +39,8 @@ from backbone_ssl.runlog import RunCSVLogger, truncate_metrics
 log = logging.getLogger(__name__)
 
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
+#: Set while ``trainer.fit`` runs, so DDP processes Lightning starts find the same run dir.
+RUN_DIR_ENV = "BACKBONE_SSL_RUN_DIR"
 
 
 @dataclass
@@ -65,7 +68,9 @@ def build_config(method: str, config_file: str | None, data: str | None, out: st
                  resume: bool, overrides: Sequence[str]) -> tuple[RunConfig, Path]:
     """Resolve the run's config and directory (``--resume`` re-reads ``RUN/config.yaml``)."""
     cls = get_method(method)
-    run_dir = Path(out) if out else Path("runs") / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    default_dir = Path("runs") / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # DDP processes started by Lightning re-run the command: they inherit rank 0's run dir
+    run_dir = Path(out or os.environ.get(RUN_DIR_ENV) or default_dir)
     if resume:
         if not (run_dir / LAST_CKPT).is_file():
             raise UserError(f"nothing to resume: {run_dir / LAST_CKPT} does not exist "
@@ -85,14 +90,19 @@ def build_config(method: str, config_file: str | None, data: str | None, out: st
 
 
 def make_loader(model: SSLMethod, cfg: RunConfig) -> DataLoader:
-    """Shuffled DataLoader over ``model.train_dataset()`` (Lightning adds the DistributedSampler)."""
+    """Shuffled, resumable DataLoader over ``model.train_dataset()`` (data/sampling.py).
+
+    Its sampler is a DDP-aware ``DistributedSampler`` (so Lightning keeps it) seeded by
+    ``(seed, epoch)``; Lightning saves its position in every checkpoint and a resumed run skips the
+    batches already seen in the current epoch. Augmentations are seeded per sample.
+    """
     dataset = model.train_dataset()
     bs = cfg.data.batch_size
     if bs < 2:
         raise UserError("config key 'data.batch_size' must be >= 2 (heads use batch norm)")
     workers = cfg.data.num_workers
-    return DataLoader(
-        dataset, batch_size=min(bs, len(dataset)), shuffle=True,
+    return ResumableLoader(
+        dataset, batch_size=min(bs, len(dataset)), seed=cfg.seed,
         drop_last=len(dataset) > bs, num_workers=workers,
         persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
     )
@@ -101,7 +111,7 @@ def make_loader(model: SSLMethod, cfg: RunConfig) -> DataLoader:
 def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
     """A Lightning Trainer configured from ``cfg.trainer``, logging into ``run_dir``."""
     t = cfg.trainer
-    ckpt = ModelCheckpoint(
+    ckpt = FlushingCheckpoint(
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
         every_n_train_steps=max(1, t.checkpoint_every_n_steps), save_on_train_epoch_end=True,
     )
@@ -110,7 +120,7 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
         devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=resolve_precision(cfg), default_root_dir=str(run_dir),
         logger=RunCSVLogger(run_dir),
-        callbacks=[ckpt, *callbacks], plugins=[AtomicCheckpointIO()],
+        callbacks=[ckpt, RestoreLoaderState(), *callbacks], plugins=[AtomicCheckpointIO()],
         log_every_n_steps=max(1, t.log_every_n_steps), gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
         limit_train_batches=t.limit_train_batches, enable_model_summary=False,
@@ -119,28 +129,38 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
 
 def pretrain(method: str, *, config_file: str | None = None, data: str | None = None,
              out: str | None = None, resume: bool = False,
-             overrides: Sequence[str] = ()) -> RunResult:
-    """Run one pretraining job end to end (train, checkpoint, export, plots)."""
+             overrides: Sequence[str] = (), callbacks: Sequence[pl.Callback] = ()) -> RunResult:
+    """Run one pretraining job end to end (train, checkpoint, export, plots).
+
+    ``callbacks`` are extra Lightning callbacks (e.g. the search's pruning reporter).
+    """
     cfg, run_dir = build_config(method, config_file, data, out, resume, overrides)
     pl.seed_everything(cfg.seed, workers=True)
     model = get_method(method)(cfg)
     loader = make_loader(model, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
-    callbacks = []
+    if rank_zero_only.rank == 0:
+        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
+    callbacks = list(callbacks)
     if cfg.data.val_train and cfg.data.val_test:
-        callbacks.append(OnlineKNN(cfg.data.val_train, cfg.data.val_test,
+        callbacks.insert(0, OnlineKNN(cfg.data.val_train, cfg.data.val_test,
                                    image_size=cfg.data.image_size,
                                    every_n_epochs=cfg.data.val_every_n_epochs))
     trainer = make_trainer(cfg, run_dir, callbacks)
     ckpt_path = str(run_dir / LAST_CKPT) if resume else None
     steps_before = 0
     if ckpt_path:
-        steps_before = int(torch.load(ckpt_path, map_location="cpu",
-                                      weights_only=True).get("global_step", 0))
-        truncate_metrics(run_dir / "metrics.csv", steps_before)
+        steps_before = int(read_checkpoint(ckpt_path).get("global_step", 0))  # refuses pickles
+        if rank_zero_only.rank == 0:
+            # a checkpoint at global step G holds steps 0..G-1: later rows are redone on resume
+            truncate_metrics(run_dir / "metrics.csv", steps_before - 1)
+            remove_stale_temps(run_dir)
     start = time.perf_counter()
-    trainer.fit(model, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        trainer.fit(model, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
     seconds = time.perf_counter() - start
     steps = int(trainer.global_step)
     # the final state, whatever the step count, so --resume and export see the finished run

@@ -94,3 +94,20 @@ def test_undecodable_images_are_skipped_and_counted(tiny_split, tmp_path):
                  "trainer.max_epochs=1", *FAST, "data.batch_size=26"]) == 0
     last = [r for r in rows(run / "metrics.csv") if r.get("train/skipped_images")][-1]
     assert float(last["train/skipped_images"]) == 2.0
+
+
+def test_model_weights_start_from_a_local_encoder(tiny_split, tmp_path):
+    from backbone_ssl.export import random_encoder, export_encoder
+
+    train, _ = tiny_split
+    start = random_encoder("resnet10t", input_size=32, seed=123)
+    enc_dir = export_encoder(start.module, "resnet10t", tmp_path / "start", input_size=32)
+    run = tmp_path / "run"
+    assert main(["pretrain", "byol", "--data", str(train), "--out", str(run),
+                 "trainer.max_steps=1", "optim.lr=0.0", f"model.weights={enc_dir}", *FAST]) == 0
+    after = load_encoder_bundle(run / "encoder").module.state_dict()
+    for k, v in start.module.state_dict().items():
+        if k.endswith(".weight") and v.ndim == 4:  # conv weights: untouched at lr 0
+            torch.testing.assert_close(after[k], v)
+    assert main(["pretrain", "byol", "--data", str(train), "--out", str(tmp_path / "r2"),
+                 f"model.weights={tmp_path / 'nope.safetensors'}", *FAST]) == 2

@@ -94,7 +94,7 @@ class ImageFolderDataset(Dataset):
             i = (index + attempt) % n
             try:
                 return i, self.load(i), attempt
-            except DECODE_ERRORS as exc:  # includes PIL.Image.DecompressionBombError
+            except DECODE_ERRORS as exc:  # includes io.ImageTooLargeError (bombs)
                 if str(self.paths[i]) not in self.skipped:
                     log.warning("skipping undecodable image %s: %s", self.paths[i], exc)
                 self.skipped[str(self.paths[i])] += 1

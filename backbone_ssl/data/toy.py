@@ -325,8 +325,8 @@ class _Painter:
         self.t = traits
         self.look = look
         w = layer.width
-        self.cx, self.cy = 0.5 * w, 0.56 * w
-        self.hh = 0.26 * w
+        self.cx, self.cy = 0.5 * w, 0.54 * w
+        self.hh = 0.33 * w
         self.hw = self.hh * traits.head_aspect
         self.p_top, self.p_bot = _HEAD_POWER[traits.head_shape]
         self.lw = look.lw

@@ -8,8 +8,11 @@ from backbone_ssl.errors import UserError
 from backbone_ssl.methods.base import SSLMethod
 from backbone_ssl.methods.byol import BYOL
 from backbone_ssl.methods.dino import DINO
+from backbone_ssl.methods.inpaint import Inpaint
+from backbone_ssl.methods.person import Person
 
-METHODS: dict[str, type[SSLMethod]] = {"dino": DINO, "byol": BYOL}
+METHODS: dict[str, type[SSLMethod]] = {"dino": DINO, "byol": BYOL, "inpaint": Inpaint,
+                                      "person": Person}
 
 
 def get_method(name: str) -> type[SSLMethod]:

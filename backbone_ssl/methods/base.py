@@ -21,7 +21,25 @@ from lightly.utils.scheduler import cosine_schedule, cosine_warmup_schedule
 
 from backbone_ssl.backbones import create_backbone, num_features
 from backbone_ssl.config import RunConfig, to_dict
+from backbone_ssl.errors import UserError
 from backbone_ssl.data.datasets import ImageFolderDataset, PretrainViews, resolve_image_root
+
+
+def load_initial_weights(backbone: nn.Module, source: str) -> None:
+    """Start from local weights (``model.weights``): an exported encoder folder or a
+    ``.safetensors`` file with timm key names; mismatched keys are named in a UserError."""
+    from pathlib import Path
+
+    from backbone_ssl.export import load_encoder_bundle, load_state_strict, read_safetensors
+
+    path = Path(source)
+    if path.is_dir():
+        state = load_encoder_bundle(path).module.state_dict()
+    elif path.is_file():
+        state = read_safetensors(path)
+    else:
+        raise UserError(f"config key 'model.weights': {source} not found")
+    load_state_strict(backbone, state, str(path))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,6 +62,8 @@ class SSLMethod(pl.LightningModule):
         # plain python containers only: the checkpoint must load with weights_only=True
         self.save_hyperparameters({"config": to_dict(cfg)})
         self.backbone = create_backbone(cfg.model.arch)
+        if cfg.model.weights:
+            load_initial_weights(self.backbone, cfg.model.weights)
         self.skipped_images = 0
 
     # ---- to implement -------------------------------------------------------------------
@@ -64,6 +84,12 @@ class SSLMethod(pl.LightningModule):
         """
         images = ImageFolderDataset(resolve_image_root(self.cfg.data.path))
         return PretrainViews(images, self.train_transform(), self.cfg.data.max_images)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["skipped_images"] = int(self.skipped_images)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_images = int(checkpoint.get("skipped_images", 0))
 
     # ---- shared ---------------------------------------------------------------------------
     @property

@@ -1,0 +1,242 @@
+"""``downstream cloze``: generate the masked face of the last panel from the panel sequence
+(SSuperGAN's face cloze), with the exported encoder as the per-panel CNN embedder.
+
+Model: :class:`~downstream.sequence.PanelSequenceEncoder` (encoder, frozen unless
+``model.finetune_encoder``; concat / LSTM / BiLSTM; optional VAE head with a linearly annealed KL
+weight) -> :class:`~downstream.gan.DCGANGenerator` (face ``[3,F,F]``) -> two discriminators:
+*local* on the face, *global* on the last panel with the face pasted into its box (real: the
+true face pasted the same way, so resizing artefacts cannot tell them apart). Loss: the
+adversarial terms (``loss.gan``: non-saturating, hinge or WGAN-GP) + ``l1_weight`` x L1 to the
+true face + KL.
+
+Data: a ``golden prepare`` output; train and test are split by book (held-out books). Metrics on
+the test books, with ``z = mu``: PSNR (dB, each image capped at 100), SSIM, L1 on the face and
+FD-enc (Frechet distance in a fixed reference encoder's features; not Inception FID).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from backbone_ssl.data.golden_datasets import PanelSequences
+from backbone_ssl.errors import UserError
+from backbone_ssl.methods.gan_losses import generator_loss
+from downstream.config import ClozeConfig
+from downstream.encoder import EncoderInput, encoder_info, load_task_encoder, reference_features
+from downstream.gan import ConvDiscriminator, DCGANGenerator, critic_loss
+from downstream.metrics import fd_enc, image_quality
+from downstream.runs import (
+    FD_ENC_NOTE,
+    eval_device,
+    fit,
+    make_trainer,
+    plot_training,
+    save_image_grid,
+    start_run,
+    write_report,
+)
+from downstream.sequence import PanelSequenceEncoder, kl_divergence, reparameterise
+
+log = logging.getLogger(__name__)
+
+
+def paste_faces(panels: torch.Tensor, faces: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Resize each face ``[B,3,F,F]`` into its box ``[B,4]`` (``x1,y1,x2,y2``, exclusive ends) of
+    ``panels`` ``[B,3,S,S]``; differentiable in ``faces``. Empty boxes leave the panel as is."""
+    out = []
+    for panel, face, (x1, y1, x2, y2) in zip(panels, faces, boxes.tolist()):
+        if x2 <= x1 or y2 <= y1:
+            out.append(panel)
+            continue
+        patch = F.interpolate(face[None], size=(y2 - y1, x2 - x1), mode="bilinear",
+                              align_corners=False, antialias=True)[0]
+        canvas = panel.clone()
+        canvas[:, y1:y2, x1:x2] = patch
+        out.append(canvas)
+    return torch.stack(out)
+
+
+class FaceCloze(pl.LightningModule):
+    """Sequence encoder + generator + local/global discriminators (manual optimisation)."""
+
+    def __init__(self, cfg: ClozeConfig, embedder: EncoderInput, n_panels: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.automatic_optimization = False
+        m, d = cfg.model, cfg.data
+        self.seq_encoder = PanelSequenceEncoder(
+            embedder, embedder.num_features, n_panels, m.sequence, m.embed_dim, m.hidden_dim,
+            m.latent_dim, m.vae)
+        self.generator = DCGANGenerator(m.latent_dim, d.face_size, m.gen_channels)
+        self.local_d = ConvDiscriminator(d.face_size, width=m.disc_channels)
+        self.global_d = ConvDiscriminator(d.panel_size, width=m.disc_channels)
+
+    def generate(self, panels: torch.Tensor, sample: bool = True):
+        """``panels [B,P,3,S,S]`` -> ``(face [B,3,F,F], mu, logvar)``; ``z = mu`` unless
+        ``sample``."""
+        mu, logvar = self.seq_encoder(panels)
+        z = reparameterise(mu, logvar) if sample else mu
+        return self.generator(z), mu, logvar
+
+    def kl_weight(self) -> float:
+        """Linear KL annealing: 0 -> ``loss.kl_weight`` over ``loss.kl_anneal_steps``."""
+        ramp = max(1, self.cfg.loss.kl_anneal_steps)
+        batches = self.global_step // (self.cfg.loss.n_critic + 1)  # global_step: optimiser steps
+        return self.cfg.loss.kl_weight * min(1.0, batches / ramp)
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        lc = self.cfg.loss
+        panels, face, box = batch["panels"], batch["face"], batch["box"]
+        opt_g, opt_d = self.optimizers()
+        fake, mu, logvar = self.generate(panels)
+        last = panels[:, -1]
+        real_global = paste_faces(last, face, box)
+        fake_global = paste_faces(last, fake, box)
+        for _ in range(lc.n_critic):
+            d_loss = (lc.local_weight * critic_loss(lc.gan, self.local_d, face, fake, lc.gp_weight)
+                      + lc.global_weight * critic_loss(lc.gan, self.global_d, real_global,
+                                                       fake_global, lc.gp_weight))
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+        adv_local = generator_loss(lc.gan, self.local_d(fake))
+        adv_global = generator_loss(lc.gan, self.global_d(fake_global))
+        l1 = (fake - face).abs().mean()
+        kl = kl_divergence(mu, logvar) if logvar is not None else fake.new_zeros(())
+        kl_w = self.kl_weight()
+        g_loss = (lc.local_weight * adv_local + lc.global_weight * adv_global
+                  + lc.l1_weight * l1 + kl_w * kl)
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        opt_g.step()
+        self.log_dict({"train/d_loss": d_loss.detach(), "train/g_loss": g_loss.detach(),
+                       "train/g_adv_local": adv_local.detach(),
+                       "train/g_adv_global": adv_global.detach(), "train/l1": l1.detach(),
+                       "train/kl": kl.detach(), "train/kl_weight": kl_w}, prog_bar=False)
+        self.log("train/l1_bar", l1.detach(), prog_bar=True, logger=False)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        kw = {"betas": (o.beta1, o.beta2), "weight_decay": o.weight_decay}
+        embedder = self.seq_encoder.embedder
+        enc_ids = {id(p) for p in embedder.parameters()}
+        g_params = [p for p in (*self.seq_encoder.parameters(), *self.generator.parameters())
+                    if id(p) not in enc_ids]
+        groups = [{"params": g_params, "lr": o.lr}]
+        if self.cfg.model.finetune_encoder:
+            groups.append({"params": list(embedder.parameters()), "lr": o.encoder_lr})
+        d_params = [*self.local_d.parameters(), *self.global_d.parameters()]
+        return [torch.optim.Adam(groups, **kw), torch.optim.Adam(d_params, lr=o.lr, **kw)]
+
+
+def load_sequences(cfg: ClozeConfig, split: str) -> PanelSequences:
+    """One split of the prepare output; missing panel files are an error unless
+    ``data.skip_missing_panels``."""
+    d = cfg.data
+    ds = PanelSequences(d.path, split=split, test_fraction=d.test_fraction,
+                        panel_size=d.panel_size, face_size=d.face_size, mask_value=d.mask_value,
+                        return_mask=True, seed=cfg.seed)
+    missing = ds.skipped.get("missing", 0)
+    if missing and not d.skip_missing_panels:
+        raise UserError(
+            f"{missing} {split} sequences in {d.path}/sequences.json name panel files missing "
+            f"under {ds.panels_root} (examples in the warning above): restore the panels, re-run "
+            "`golden prepare`, or set data.skip_missing_panels=true")
+    return ds
+
+
+@torch.no_grad()
+def evaluate(model: FaceCloze, test: PanelSequences, cfg: ClozeConfig, device: torch.device):
+    """Generate the held-out faces with ``z = mu``; returns ``(metrics, batches)`` where
+    ``batches`` holds the first items (panels, fake, true) for the sample grid."""
+    n = min(len(test), cfg.metrics.max_eval)
+    loader = DataLoader(Subset(test, range(n)), batch_size=cfg.data.batch_size, shuffle=False,
+                        num_workers=cfg.data.num_workers)
+    model.eval().to(device)
+    fakes, reals, panels = [], [], []
+    for batch in loader:
+        fake, _, _ = model.generate(batch["panels"].to(device), sample=False)
+        fakes.append(fake.cpu())
+        reals.append(batch["face"])
+        if sum(len(p) for p in panels) < cfg.metrics.grid_rows:
+            panels.append(batch["panels"])
+    model.cpu()
+    fake, real = torch.cat(fakes), torch.cat(reals)
+    metrics = image_quality(fake, real)
+    ref = reference_features(cfg.metrics.ref_encoder, cfg.metrics.ref_seed,
+                             cfg.data.face_size).to(device)
+    metrics["fd_enc"] = fd_enc(lambda x: ref(x.to(device)), fake, real)
+    metrics["eval_sequences"] = n
+    return metrics, (torch.cat(panels), fake, real)
+
+
+def sample_grid(panels: torch.Tensor, fake: torch.Tensor, real: torch.Tensor, rows: int,
+                path) -> None:
+    """Rows: context panels, masked panel, generated face, true face."""
+    p = panels.shape[1]
+    size = panels.shape[-1]
+
+    def fit_side(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == size:
+            return x
+        return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False,
+                             antialias=True)[0]
+
+    grid = [[*panels[i, :-1], panels[i, -1], fit_side(fake[i]), fit_side(real[i])]
+            for i in range(min(rows, len(panels)))]
+    titles = [*(f"context {j + 1}" for j in range(p - 1)), "masked", "generated", "true"]
+    save_image_grid(grid, titles, path)
+
+
+def run_cloze(cfg: ClozeConfig, encoder_spec: str, run_dir: str) -> dict:
+    """Train the face-cloze model on the training books, evaluate on the held-out books."""
+    d, m = cfg.data, cfg.model
+    pl.seed_everything(cfg.seed, workers=True)
+    encoder = load_task_encoder(encoder_spec, task_size=d.panel_size, what="panels",
+                                size_key="data.panel_size", resize=d.resize_to_encoder,
+                                seed=cfg.seed)
+    train, test = load_sequences(cfg, "train"), load_sequences(cfg, "test")
+    if len(test) < 2:
+        raise UserError(f"only {len(test)} held-out sequence(s) in {d.path}: need 2+ for FD-enc; "
+                        "raise data.test_fraction or add books")
+    train_set = train if d.max_sequences is None else Subset(train, range(min(len(train),
+                                                                              d.max_sequences)))
+    n_panels = int(train[0]["panels"].shape[0])
+    run = start_run(run_dir, cfg)
+    embedder = EncoderInput(encoder, finetune=m.finetune_encoder, resize=d.resize_to_encoder)
+    model = FaceCloze(cfg, embedder, n_panels)
+    loader = DataLoader(train_set, batch_size=min(d.batch_size, len(train_set)), shuffle=True,
+                        drop_last=len(train_set) > d.batch_size, num_workers=d.num_workers)
+    budget = fit(make_trainer(cfg, run, cfg.loss.n_critic + 1), model, loader, cfg, run)
+    metrics, (panels, fake, real) = evaluate(model, test, cfg, eval_device(cfg))
+    plots = plot_training(run, {"loss": ("train/d_loss", "train/g_loss"),
+                                "generator_terms": ("train/g_adv_local", "train/g_adv_global",
+                                                    "train/l1"),
+                                "kl": ("train/kl", "train/kl_weight")})
+    sample_grid(panels, fake, real, cfg.metrics.grid_rows, run / "plots" / "samples.png")
+    plots.append("samples.png")
+    train_books, test_books = sorted(set(train.books())), sorted(set(test.books()))
+    report = {
+        "task": "cloze",
+        "encoder": encoder_info(encoder_spec, encoder, frozen=not m.finetune_encoder),
+        "data": {"path": str(d.path), "train_sequences": len(train_set),
+                 "test_sequences": len(test), "train_books": len(train_books),
+                 "test_books": len(test_books), "panels_per_sequence": n_panels,
+                 "panel_size": d.panel_size, "face_size": d.face_size,
+                 "skipped_missing": int(train.skipped.get("missing", 0)
+                                        + test.skipped.get("missing", 0))},
+        "model": {"sequence": m.sequence, "vae": m.vae, "loss": cfg.loss.gan},
+        "budget": {**budget, "batch_size": d.batch_size},
+        "metrics": metrics,
+        "fd_enc_reference": {"encoder": cfg.metrics.ref_encoder, "seed": cfg.metrics.ref_seed,
+                             "note": FD_ENC_NOTE},
+        "plots": plots,
+    }
+    notes = [("Metrics on the held-out books' sequences, generated with z = mu. PSNR in dB on "
+              "[0, 1] images, each image capped at 100 dB; L1 in [-1, 1] units."), FD_ENC_NOTE]
+    return write_report(run, report, "Face cloze (CNN-LSTM + DCGAN)", notes)

@@ -1,0 +1,254 @@
+"""Task configs for ``backbone-ssl downstream {cloze,siamese,gan}``: dataclass defaults <-
+``configs/<task>.yaml`` <- ``key=value`` overrides (via :func:`backbone_ssl.config.load_config`).
+
+Sections: ``data``, ``model``, ``loss``, ``optim``, ``trainer``, ``metrics`` and ``seed``. The
+``trainer`` section is a lean subset of the pretraining one (a fixed step budget, so every encoder
+of a comparison trains the same number of steps).
+
+Encoder input size: every task feeds the encoder images of a known side (``data.panel_size`` for
+cloze, ``data.image_size`` for siamese and gan). An encoder trained at another size is refused
+with one line, unless ``data.resize_to_encoder=true``, which resizes the task's images to the
+encoder's input size (bilinear, antialiased) right before the encoder; the rest of the task keeps
+its own size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from backbone_ssl.config import check_positive
+from backbone_ssl.errors import UserError
+from backbone_ssl.methods.gan_losses import GAN_LOSSES
+
+TASKS = ("cloze", "siamese", "gan")
+SEQUENCE_MODES = ("concat", "lstm", "bilstm")
+GAN_LOSS_NAMES = GAN_LOSSES  # nonsaturating | hinge | wgan-gp (backbone_ssl.methods.gan_losses)
+SPLITS = ("identity", "image")
+
+
+@dataclass
+class TaskTrainerConfig:
+    """Passed to ``lightning.Trainer`` (Lightning's names); the budget is ``max_steps``."""
+
+    max_steps: int = 300  # optimiser steps of the task model (the same for every encoder)
+    max_epochs: int = -1  # -1: bounded by max_steps only
+    accelerator: str = "auto"  # cpu | gpu | auto
+    devices: Any = 1  # the evaluation after training runs in one process
+    precision: str = "32-true"  # or bf16-mixed on a GPU
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+    save_checkpoint: bool = True  # RUN/checkpoints/last.ckpt at the end
+
+
+@dataclass
+class TaskOptimConfig:
+    """Adam for every trainable part (GANs: the DCGAN betas)."""
+
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    encoder_lr: float = 1e-5  # only with model.finetune_encoder=true
+
+
+@dataclass
+class MetricsConfig:
+    """FD-enc: Frechet distance in the features of a fixed reference encoder (NOT Inception FID)."""
+
+    ref_encoder: str = "random:resnet18"  # any encoder spec; random:<arch> is seeded by ref_seed
+    ref_seed: int = 0
+    max_eval: int = 256  # at most this many samples for FD-enc and image metrics
+    grid_rows: int = 6  # rows of the sample grid
+
+
+# ---- cloze ------------------------------------------------------------------------------------
+@dataclass
+class ClozeData:
+    path: Optional[str] = None  # `golden prepare` output (sequences.json + prepare.json)
+    batch_size: int = 16
+    num_workers: int = 0
+    panel_size: int = 64  # panels resized to this side (also the global discriminator's input)
+    face_size: int = 64  # generated / target face side (DCGAN: 4 x a power of two)
+    test_fraction: float = 0.2  # held-out books (split by book)
+    mask_value: float = 0.0  # fill of the masked face area, in [-1, 1]
+    resize_to_encoder: bool = False  # resize panels to the encoder's input size (else refuse)
+    skip_missing_panels: bool = False  # drop sequences whose panel files are missing (else refuse)
+    max_sequences: Optional[int] = None  # use only the first N training sequences
+
+
+@dataclass
+class ClozeModel:
+    finetune_encoder: bool = False  # default: the per-panel embedder is frozen
+    sequence: str = "lstm"  # concat | lstm | bilstm
+    embed_dim: int = 256  # per-panel projection of the encoder features
+    hidden_dim: int = 256  # sequence encoder output
+    latent_dim: int = 128
+    vae: bool = True  # mean + log-variance head with a KL term; false: deterministic latent
+    gen_channels: int = 32  # DCGAN width (64 in the paper; 32 keeps CPU runs short)
+    disc_channels: int = 32
+
+
+@dataclass
+class ClozeLoss:
+    gan: str = "nonsaturating"  # nonsaturating | hinge | wgan-gp
+    l1_weight: float = 10.0  # L1 between generated and true face
+    local_weight: float = 1.0  # adversarial weight of the local (face) discriminator
+    global_weight: float = 1.0  # adversarial weight of the global (panel) discriminator
+    kl_weight: float = 0.001  # final KL weight (model.vae=true)
+    kl_anneal_steps: int = 100  # KL weight ramps linearly from 0 over these steps
+    gp_weight: float = 10.0  # wgan-gp only
+    n_critic: int = 1  # discriminator updates per generator update
+
+
+@dataclass
+class ClozeConfig:
+    task: str = "cloze"
+    seed: int = 0
+    data: ClozeData = field(default_factory=ClozeData)
+    model: ClozeModel = field(default_factory=ClozeModel)
+    loss: ClozeLoss = field(default_factory=ClozeLoss)
+    optim: TaskOptimConfig = field(default_factory=TaskOptimConfig)
+    trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def validate(self) -> None:
+        _check_common(self)
+        _choice(self.model.sequence, SEQUENCE_MODES, "model.sequence")
+        _choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
+        _power_side(self.data.panel_size, "data.panel_size")
+        _power_side(self.data.face_size, "data.face_size")
+        if not 0.0 < self.data.test_fraction < 1.0:
+            raise UserError(f"config key 'data.test_fraction' must be in (0, 1), got "
+                            f"{self.data.test_fraction}")
+        for key in ("embed_dim", "hidden_dim", "latent_dim"):
+            check_positive(getattr(self.model, key), f"model.{key}")
+        check_positive(self.loss.n_critic, "loss.n_critic")
+
+
+# ---- siamese ----------------------------------------------------------------------------------
+@dataclass
+class SiameseData:
+    path: Optional[str] = None  # identity folders ROOT/<identity>/<image>, or an iCartoonFace root
+    batch_size: int = 64
+    num_workers: int = 0
+    image_size: int = 64  # images are resized to this side for the encoder
+    resize_to_encoder: bool = False  # load at the encoder's input size instead (else refuse)
+    split: str = "identity"  # identity: val/test identities unseen in training; image: same
+    #                          identities, disjoint images
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    train_pairs: int = 4000  # pairs drawn (seeded) from the training split
+    eval_pairs: int = 1000  # pairs drawn for validation and for test, each
+    positive_fraction: float = 0.5
+    max_images: Optional[int] = None  # only the first N images (quick experiments)
+
+
+@dataclass
+class SiameseModel:
+    finetune_encoder: bool = False  # frozen: features are computed once and the head trains
+    hidden_dim: int = 512
+    embed_dim: int = 128  # identity embedding (L2-normalised)
+
+
+@dataclass
+class SiameseLoss:
+    margin: float = 1.0  # contrastive margin on the L2 distance of normalised embeddings
+
+
+@dataclass
+class SiameseConfig:
+    task: str = "siamese"
+    seed: int = 0
+    data: SiameseData = field(default_factory=SiameseData)
+    model: SiameseModel = field(default_factory=SiameseModel)
+    loss: SiameseLoss = field(default_factory=SiameseLoss)
+    optim: TaskOptimConfig = field(default_factory=lambda: TaskOptimConfig(lr=1e-3, beta1=0.9))
+    trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
+
+    def validate(self) -> None:
+        _check_common(self)
+        _choice(self.data.split, SPLITS, "data.split")
+        check_positive(self.data.image_size, "data.image_size")
+        f = self.data.val_fraction + self.data.test_fraction
+        if self.data.val_fraction <= 0 or self.data.test_fraction <= 0 or f >= 1:
+            raise UserError("config keys 'data.val_fraction' and 'data.test_fraction' must be > 0 "
+                            f"and sum to < 1, got {self.data.val_fraction} and "
+                            f"{self.data.test_fraction}")
+        if not 0.0 < self.data.positive_fraction < 1.0:
+            raise UserError("config key 'data.positive_fraction' must be in (0, 1)")
+        check_positive(self.loss.margin, "loss.margin")
+        check_positive(self.data.train_pairs, "data.train_pairs")
+        check_positive(self.data.eval_pairs, "data.eval_pairs")
+
+
+# ---- gan --------------------------------------------------------------------------------------
+@dataclass
+class GanData:
+    path: Optional[str] = None  # face crops: any image folder, or a `golden prepare` output
+    batch_size: int = 32
+    num_workers: int = 0
+    image_size: int = 64  # face side (DCGAN: 4 x a power of two)
+    resize_to_encoder: bool = False  # resize faces to the encoder's input size (else refuse)
+    max_images: Optional[int] = None
+
+
+@dataclass
+class GanModel:
+    latent_dim: int = 100
+    gen_channels: int = 32  # DCGAN width (64 in the paper; 32 keeps CPU runs short)
+    disc_channels: int = 32  # plain conv discriminator (encoder_in_discriminator=false)
+    encoder_in_discriminator: bool = True  # D = small trainable head on the frozen encoder's
+    #                                        features; false: a plain DCGAN discriminator
+    head_hidden: int = 256
+
+
+@dataclass
+class GanLoss:
+    gan: str = "nonsaturating"  # nonsaturating | hinge | wgan-gp
+    gp_weight: float = 10.0
+    n_critic: int = 1
+
+
+@dataclass
+class GanConfig:
+    task: str = "gan"
+    seed: int = 0
+    data: GanData = field(default_factory=GanData)
+    model: GanModel = field(default_factory=GanModel)
+    loss: GanLoss = field(default_factory=GanLoss)
+    optim: TaskOptimConfig = field(default_factory=TaskOptimConfig)
+    trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def validate(self) -> None:
+        _check_common(self)
+        _choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
+        _power_side(self.data.image_size, "data.image_size")
+        check_positive(self.model.latent_dim, "model.latent_dim")
+        check_positive(self.loss.n_critic, "loss.n_critic")
+
+
+CONFIGS: dict[str, type] = {"cloze": ClozeConfig, "siamese": SiameseConfig, "gan": GanConfig}
+
+
+def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}, got '{value}'")
+
+
+def _power_side(size: int, key: str) -> None:
+    side = size // 4
+    if size < 8 or size % 4 or side & (side - 1):
+        raise UserError(f"config key '{key}' must be 4 x a power of two (8, 16, 32, 64, 128, "
+                        f"...), got {size}")
+
+
+def _check_common(cfg: Any) -> None:
+    if cfg.data.batch_size < 2:
+        raise UserError(f"config key 'data.batch_size' must be >= 2, got {cfg.data.batch_size}")
+    check_positive(cfg.trainer.max_steps, "trainer.max_steps")
+    check_positive(cfg.optim.lr, "optim.lr")
+    if hasattr(cfg, "metrics"):
+        check_positive(cfg.metrics.max_eval, "metrics.max_eval")

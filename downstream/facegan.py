@@ -1,0 +1,179 @@
+"""``downstream gan``: a DCGAN on face crops, its discriminator optionally built on the frozen
+encoder's features (a small trainable head on pretrained features, as in Projected GANs, Sauer et
+al. 2021), scored with FD-enc against real faces.
+
+With ``model.encoder_in_discriminator=true`` (the default) the encoder is the discriminator's
+feature extractor, so comparing encoders at the same budget measures what their features give
+a GAN; with ``false`` the discriminator is a plain conv net and the encoder plays no part.
+FD-enc is measured in a *separate*, fixed reference encoder (``metrics.ref_encoder``), never in
+the encoder under test, and is not Inception FID. ``fd_enc_real`` is the same distance between two
+disjoint sets of real faces of the same size: the floor a perfect generator would reach.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from backbone_ssl.data.datasets import ImageFolderDataset, resolve_image_root, scan_decodable
+from backbone_ssl.methods.gan_losses import generator_loss
+from downstream.config import GanConfig
+from downstream.encoder import EncoderInput, encoder_info, load_task_encoder, reference_features
+from downstream.gan import (
+    ConvDiscriminator,
+    DCGANGenerator,
+    EncoderFeatureDiscriminator,
+    critic_loss,
+)
+from downstream.metrics import encode_batches, frechet_distance
+from downstream.runs import (
+    FD_ENC_NOTE,
+    eval_device,
+    fit,
+    make_trainer,
+    plot_training,
+    save_image_grid,
+    seeded_indices,
+    start_run,
+    write_report,
+)
+from downstream.siamese import signed_transform
+
+log = logging.getLogger(__name__)
+
+
+class FaceGAN(pl.LightningModule):
+    """Generator + discriminator trained with manual optimisation (``n_critic`` D steps, then one
+    G step per batch)."""
+
+    def __init__(self, cfg: GanConfig, discriminator: torch.nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.automatic_optimization = False
+        m = cfg.model
+        self.generator = DCGANGenerator(m.latent_dim, cfg.data.image_size, m.gen_channels)
+        self.discriminator = discriminator
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` faces ``[n,3,S,S]`` in [-1, 1] from ``z ~ N(0, I)``."""
+        z = torch.randn(n, self.cfg.model.latent_dim, generator=generator).to(self.device)
+        return self.generator(z)
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        real = batch[0]
+        opt_g, opt_d = self.optimizers()
+        kind = self.cfg.loss.gan
+        fake = self.sample(real.shape[0])
+        for _ in range(self.cfg.loss.n_critic):
+            d_loss = critic_loss(kind, self.discriminator, real, fake, self.cfg.loss.gp_weight)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+        g_loss = generator_loss(kind, self.discriminator(fake))
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        opt_g.step()
+        self.log_dict({"train/d_loss": d_loss.detach(), "train/g_loss": g_loss.detach()},
+                      prog_bar=True)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        kw = {"lr": o.lr, "betas": (o.beta1, o.beta2), "weight_decay": o.weight_decay}
+        d_params = [p for p in self.discriminator.parameters() if p.requires_grad]
+        return [torch.optim.Adam(self.generator.parameters(), **kw),
+                torch.optim.Adam(d_params, **kw)]
+
+
+def face_dataset(cfg: GanConfig) -> ImageFolderDataset:
+    """Face crops under ``data.path`` (an image folder, iCartoonFace root or prepare output) as
+    ``[3,S,S]`` tensors in [-1, 1]."""
+    faces = ImageFolderDataset(resolve_image_root(cfg.data.path),
+                               transform=signed_transform(cfg.data.image_size))
+    scan_decodable(faces)
+    if cfg.data.max_images is not None and cfg.data.max_images < len(faces):
+        keep = seeded_indices(len(faces), cfg.data.max_images, cfg.seed)
+        faces.paths = [faces.paths[i] for i in keep]
+        faces.labels = [faces.labels[i] for i in keep]
+    return faces
+
+
+def build_discriminator(cfg: GanConfig, encoder) -> torch.nn.Module:
+    """Encoder features + trainable head, or a plain conv discriminator."""
+    m = cfg.model
+    if m.encoder_in_discriminator:
+        feats = EncoderInput(encoder, resize=cfg.data.resize_to_encoder)
+        return EncoderFeatureDiscriminator(feats, encoder.num_features, m.head_hidden)
+    return ConvDiscriminator(cfg.data.image_size, width=m.disc_channels)
+
+
+@torch.no_grad()
+def evaluate(model: FaceGAN, faces: ImageFolderDataset, cfg: GanConfig,
+             device: torch.device) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """FD-enc of generated vs real faces and of real vs real (same sizes). Returns
+    ``(metrics, fake [n,3,S,S], real [n,3,S,S])``."""
+    n = min(cfg.metrics.max_eval, len(faces) // 2)
+    if n < 2:
+        raise ValueError("need at least 4 face images to measure FD-enc")
+    idx = seeded_indices(len(faces), 2 * n, cfg.seed + 1)
+    np.random.default_rng(cfg.seed + 1).shuffle(idx)
+    real = torch.stack([faces[i][0] for i in idx])
+    real_a, real_b = real[:n], real[n:2 * n]
+    model.eval().to(device)
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    fake = torch.cat([model.sample(min(256, n - i), g).cpu() for i in range(0, n, 256)])
+    model.cpu()
+    ref = reference_features(cfg.metrics.ref_encoder, cfg.metrics.ref_seed,
+                             cfg.data.image_size).to(device)
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return ref(x.to(device))
+
+    feats_a = encode_batches(fn, real_a)
+    metrics = {"fd_enc": frechet_distance(encode_batches(fn, fake), feats_a),
+               "fd_enc_real": frechet_distance(encode_batches(fn, real_b), feats_a),
+               "eval_samples": n}
+    return metrics, fake, real_a
+
+
+def run_gan(cfg: GanConfig, encoder_spec: str, run_dir: str) -> dict:
+    """Train the face GAN and write the report."""
+    d, m = cfg.data, cfg.model
+    pl.seed_everything(cfg.seed, workers=True)
+    encoder = load_task_encoder(encoder_spec, task_size=d.image_size, what="face crops",
+                                size_key="data.image_size",
+                                resize=d.resize_to_encoder or not m.encoder_in_discriminator,
+                                seed=cfg.seed)
+    faces = face_dataset(cfg)
+    run = start_run(run_dir, cfg)
+    model = FaceGAN(cfg, build_discriminator(cfg, encoder))
+    loader = DataLoader(faces, batch_size=min(d.batch_size, len(faces)), shuffle=True,
+                        drop_last=len(faces) > d.batch_size, num_workers=d.num_workers)
+    budget = fit(make_trainer(cfg, run, cfg.loss.n_critic + 1), model, loader, cfg, run)
+    metrics, fake, real = evaluate(model, faces, cfg, eval_device(cfg))
+    plots = plot_training(run, {"loss": ("train/d_loss", "train/g_loss")})
+    cols = 8
+    rows = [list(real[:cols])] + [list(fake[r * cols:(r + 1) * cols])
+                                  for r in range(max(1, cfg.metrics.grid_rows - 1))]
+    rows = [r for r in rows if r]
+    save_image_grid(rows, [], run / "plots" / "samples.png",
+                    caption="top row: real faces; below: generated")
+    plots.append("samples.png")
+    report = {
+        "task": "gan",
+        "encoder": encoder_info(encoder_spec, encoder, frozen=True),
+        "encoder_in_discriminator": m.encoder_in_discriminator,
+        "data": {"root": str(faces.root), "images": len(faces), "image_size": d.image_size},
+        "budget": {**budget, "batch_size": d.batch_size, "loss": cfg.loss.gan},
+        "metrics": metrics,
+        "fd_enc_reference": {"encoder": cfg.metrics.ref_encoder, "seed": cfg.metrics.ref_seed,
+                             "note": FD_ENC_NOTE},
+        "plots": plots,
+    }
+    notes = [FD_ENC_NOTE, ("fd_enc_real: FD-enc between two disjoint real sets of the same "
+                           "size (the floor a perfect generator would reach).")]
+    if not m.encoder_in_discriminator:
+        notes.append("model.encoder_in_discriminator=false: the encoder played no part.")
+    return write_report(run, report, "Face GAN (DCGAN)", notes)

@@ -1,0 +1,88 @@
+"""Face GAN: building blocks, frozen encoder inside the discriminator, end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import draw_identity_folder
+
+from backbone_ssl.backbones import create_backbone
+from backbone_ssl.cli import main
+from backbone_ssl.export import export_encoder, resolve_encoder
+from downstream import run_downstream
+from downstream.encoder import EncoderInput
+from downstream.gan import DCGANGenerator, EncoderFeatureDiscriminator, critic_loss
+
+FAST = ["trainer.max_steps=3", "trainer.enable_progress_bar=false", "data.image_size=32",
+        "data.batch_size=8", "model.latent_dim=16", "model.gen_channels=8",
+        "model.head_hidden=16", "model.disc_channels=8", "metrics.max_eval=12",
+        "metrics.ref_encoder=random:resnet10t", "trainer.save_checkpoint=false",
+        "trainer.log_every_n_steps=1"]
+
+
+def test_generator_shapes_and_range():
+    g = DCGANGenerator(16, size=32, channels=8)
+    x = g(torch.randn(5, 16))
+    assert x.shape == (5, 3, 32, 32) and x.abs().max() <= 1.0
+
+
+def test_frozen_encoder_discriminator_passes_gradients_but_keeps_weights():
+    enc = resolve_encoder("random:resnet10t", input_size=32)
+    before = {k: v.clone() for k, v in enc.module.state_dict().items()}
+    feats = EncoderInput(enc)
+    d = EncoderFeatureDiscriminator(feats, enc.num_features, hidden=8).train()
+    assert not feats.encoder.training  # stays in eval mode (BN statistics untouched)
+    fake = torch.rand(4, 3, 32, 32, requires_grad=True)
+    real = torch.rand(4, 3, 32, 32) * 2 - 1
+    loss = critic_loss("wgan-gp", d, real, fake)
+    loss.backward()
+    assert all(p.grad is None for p in feats.parameters())
+    assert all(p.grad is not None for p in d.head.parameters())
+    d(fake).sum().backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0  # the generator gets a signal
+    for k, v in enc.module.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    return draw_identity_folder(tmp_path_factory.mktemp("gan") / "faces", identities=4,
+                                per_identity=8, size=32)
+
+
+def _run(faces, out, spec, extra=()):
+    report = run_downstream("gan", encoder=spec, data=str(faces), out=str(out),
+                            overrides=[*FAST, *extra])
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == report
+    m = report["metrics"]
+    assert math.isfinite(m["fd_enc"]) and m["fd_enc"] >= 0 and math.isfinite(m["fd_enc_real"])
+    assert m["eval_samples"] == 12 and report["budget"]["steps"] == 3
+    assert "not Inception FID" in report["fd_enc_reference"]["note"]
+    assert (out / "plots" / "samples.png").is_file() and (out / "metrics.csv").is_file()
+    return report
+
+
+def test_end_to_end_random_exported_and_wgan(faces, tmp_path):
+    r = _run(faces, tmp_path / "r", "random:resnet10t")
+    assert r["encoder"]["method"] == "random" and r["encoder_in_discriminator"] is True
+    enc = export_encoder(create_backbone("resnet10t"), "resnet10t", tmp_path / "enc",
+                         input_size=32, meta={"method": "byol", "steps": 2})
+    e = _run(faces, tmp_path / "e", str(enc), ["loss.gan=wgan-gp"])
+    assert e["encoder"]["method"] == "byol" and e["budget"]["loss"] == "wgan-gp"
+    # the real-vs-real floor depends only on data and reference encoder, not on the encoder
+    assert e["metrics"]["fd_enc_real"] == pytest.approx(r["metrics"]["fd_enc_real"])
+
+
+def test_size_mismatch_exit_2_unless_conv_discriminator(faces, tmp_path, capsys):
+    enc = export_encoder(create_backbone("resnet10t"), "resnet10t", tmp_path / "enc",
+                         input_size=64)
+    code = main(["downstream", "gan", "--encoder", str(enc), "--data", str(faces),
+                 "--out", str(tmp_path / "bad"), *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "takes 64x64 input" in err[0]
+    r = _run(faces, tmp_path / "conv", str(enc), ["model.encoder_in_discriminator=false"])
+    assert r["encoder_in_discriminator"] is False

@@ -1,0 +1,74 @@
+"""Downstream metrics on hand-made cases: PSNR/SSIM/L1, FD-enc, verification threshold."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from downstream.metrics import (
+    PSNR_CAP_DB,
+    best_threshold,
+    fd_enc,
+    frechet_distance,
+    image_quality,
+    psnr_per_image,
+    roc_auc,
+    verification,
+)
+
+
+def _images(seed: int = 0, n: int = 4, size: int = 16) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_identical_images_psnr_capped_ssim_one_l1_zero():
+    x = _images()
+    q = image_quality(x, x)
+    assert q["psnr"] == PSNR_CAP_DB and q["ssim"] == pytest.approx(1.0) and q["l1"] == 0.0
+    assert torch.equal(psnr_per_image(x, x), torch.full((4,), PSNR_CAP_DB))
+
+
+def test_psnr_matches_the_formula():
+    x = torch.zeros(2, 3, 8, 8)
+    y = x + 0.2  # 0.1 in [0, 1] units: MSE 0.01 -> 20 dB
+    assert psnr_per_image(y, x).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)
+    q = image_quality(y, x)
+    assert q["l1"] == pytest.approx(0.2) and q["ssim"] < 1.0
+
+
+def test_frechet_distance_identical_zero_shift_grows():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 8))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    near = frechet_distance(a, a + 0.5)
+    far = frechet_distance(a, a + 2.0)
+    # a pure mean shift of s in every one of 8 dims gives 8 s^2
+    assert near == pytest.approx(8 * 0.25, rel=1e-3) and far == pytest.approx(8 * 4.0, rel=1e-3)
+    # fewer samples than dimensions (singular covariances) still gives a finite value
+    few = frechet_distance(rng.normal(size=(5, 32)), rng.normal(size=(5, 32)))
+    assert math.isfinite(few) and few > 0
+
+
+def test_fd_enc_in_a_feature_function():
+    feats = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 6))
+    torch.manual_seed(0)
+    real = _images(1, n=40)
+    assert fd_enc(feats, real, real) == pytest.approx(0.0, abs=1e-6)
+    assert fd_enc(feats, (real + 0.5).clamp(-1, 1), real) > fd_enc(feats, _images(2, n=40), real)
+
+
+def test_threshold_is_chosen_on_validation_and_applied_to_test():
+    val_scores = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    val_same = np.array([0, 0, 0, 1, 1, 1])
+    thr, acc = best_threshold(val_scores, val_same)
+    assert acc == 1.0 and 0.3 < thr <= 0.7
+    # on test, a threshold of 0.35 would be perfect; the val threshold (0.7) misclassifies 0.5
+    test_scores = np.array([0.1, 0.3, 0.5, 0.9])
+    test_same = np.array([0, 0, 1, 1])
+    out = verification(val_scores, val_same, test_scores, test_same)
+    assert out["threshold"] == thr and out["val_accuracy"] == 1.0
+    assert out["accuracy"] == 0.75 and out["roc_auc"] == 1.0
+    assert math.isnan(roc_auc(np.array([0.1, 0.2]), np.array([1, 1])))
