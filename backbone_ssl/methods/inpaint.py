@@ -578,7 +578,7 @@ class Inpaint(SSLMethod):
             return
         metrics, grid = self.evaluate_held_out()
         for key, value in metrics.items():
-            self.log(key, value, sync_dist=False)
+            self.log(key, value, sync_dist=True)  # every rank computed the same value
         if self.trainer.is_global_zero:
             out = plots_dir(self.trainer) / f"inpaint_epoch{self.current_epoch}.png"
             nrow = grid.shape[0] // 3

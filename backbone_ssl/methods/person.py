@@ -224,7 +224,7 @@ class Person(SSLMethod):
         labels, probs = self.predict_held_out()
         metrics = self.held_out_metrics(labels, probs)
         for key, value in metrics.items():
-            self.log(key, value, sync_dist=False)
+            self.log(key, value, sync_dist=True)  # every rank computed the same value
         if self.trainer.is_global_zero:
             pred = (probs >= self.cfg.person.threshold).astype(np.int64)
             matrix = confusion_matrix(labels, pred, labels=[0, 1])

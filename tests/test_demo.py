@@ -1,0 +1,28 @@
+"""The demo command end to end on a tiny budget (the full recipe is measured in the README)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from backbone_ssl.cli import main
+
+
+@pytest.mark.slow
+def test_demo_writes_report_with_baseline(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--out", str(out), "trainer.max_steps=2", "model.arch=resnet10t",
+               "data.num_workers=0", "trainer.enable_progress_bar=false",
+               "dino.n_local_views=0"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "baseline" in printed and "kNN top-1" in printed
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["n_train"] == 1500 and report["n_test"] == 500 and report["num_classes"] == 50
+    assert report["encoder"]["method"] == "dino" and report["baseline"]["arch"] == "resnet10t"
+    for section in (report["knn"], report["baseline"]["knn"]):
+        assert 0.0 <= section["top1"] <= section["top5"] <= 1.0
+    md = (out / "report.md").read_text()
+    assert "Time:" in md and "dino" in md
+    assert (out / "dino" / "encoder" / "model.safetensors").is_file()
