@@ -34,6 +34,7 @@ class DataConfig:
     val_test: Optional[str] = None  # labelled identity folder: queries of the online kNN monitor
     val_every_n_epochs: int = 1  # run the online kNN monitor every N epochs
     max_images: Optional[int] = None  # use only the first N images (quick experiments)
+    cache: bool = False  # decode each image once into a memory-mapped uint8 file (data/cache.py)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True
     limit_train_batches: Optional[float] = None
+    channels_last: bool = False  # NHWC model + batches (faster convs on GPU and oneDNN CPUs)
 
 
 @dataclass

@@ -41,6 +41,8 @@ SUPERSAMPLE = 3
 JPEG_QUALITY = 92
 #: Fraction of images with a partial occlusion (block, speech balloon or hand).
 OCCLUSION_P = 0.25
+#: Texture contrast of backgrounds around their mean colour (1 = full-contrast patterns).
+BACKGROUND_CONTRAST = 0.35
 #: Version of the drawing code, recorded in ``toy_faces.json``.
 TOY_FACES_VERSION = 1
 
@@ -889,7 +891,16 @@ class _Painter:
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
-    """A random scene background (RGB) of ``w`` x ``h`` pixels."""
+    """A random scene background (RGB) of ``w`` x ``h`` pixels, its texture contrast reduced to
+    :data:`BACKGROUND_CONTRAST` around its mean colour (as in tight face crops, the face, not the
+    scene, carries the strongest texture)."""
+    pattern = _background_pattern(rng, w, h)
+    mean = tuple(int(round(c)) for c in np.asarray(pattern, dtype=np.float32).mean(axis=(0, 1)))
+    return Image.blend(Image.new("RGB", (w, h), mean), pattern, BACKGROUND_CONTRAST)
+
+
+def _background_pattern(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """A random scene pattern (RGB) of ``w`` x ``h`` pixels at full contrast."""
     kind = _pick(
         rng,
         ("flat", "gradient", "stripes", "halftone", "speed", "clutter"),

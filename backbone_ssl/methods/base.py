@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.debug import std_of_l2_normalized
 from lightly.utils.scheduler import cosine_schedule, cosine_warmup_schedule
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from backbone_ssl.backbones import create_backbone, num_features
 from backbone_ssl.config import RunConfig, to_dict
@@ -83,6 +84,11 @@ class SSLMethod(pl.LightningModule):
         kind of data (panels, labels) override this and :meth:`training_step`.
         """
         images = ImageFolderDataset(resolve_image_root(self.cfg.data.path))
+        if self.cfg.data.cache:  # decode once into a memory-mapped uint8 file (data/cache.py)
+            from backbone_ssl.data.cache import CachedImages
+
+            images = CachedImages(images, self.cfg.data.image_size, self.cfg.data.max_images,
+                                  num_workers=self.cfg.data.num_workers)
         return PretrainViews(images, self.train_transform(), self.cfg.data.max_images)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -90,6 +96,23 @@ class SSLMethod(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_images = int(checkpoint.get("skipped_images", 0))
+
+    # ---- memory format (trainer.channels_last) ---------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.cfg.trainer.channels_last:  # parameters keep their identity: optimiser unchanged
+            self.to(memory_format=torch.channels_last)
+
+    def on_fit_end(self) -> None:
+        if self.cfg.trainer.channels_last:  # checkpoints and exports hold contiguous tensors
+            self.to(memory_format=torch.contiguous_format)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``trainer.channels_last``, every ``[B,C,H,W]`` tensor of the batch in NHWC."""
+        if not self.cfg.trainer.channels_last:
+            return batch
+        return apply_to_collection(
+            batch, torch.Tensor,
+            lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
 
     # ---- shared ---------------------------------------------------------------------------
     @property

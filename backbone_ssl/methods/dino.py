@@ -47,7 +47,12 @@ class DINOSection:
     global_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
     local_crop_scale: list[float] = field(default_factory=lambda: [0.1, 0.4])
     hf_prob: float = 0.5
+    rr_prob: float = 0.5  # random rotation (comic faces tilt)
+    rr_degrees: float = 20.0
     cj_strength: float = 0.5
+    cj_hue: float = 0.1  # hue jitter before x cj_strength (hair and skin colour carry identity)
+    gaussian_blur: list[float] = field(default_factory=lambda: [1.0, 0.1, 0.5])  # p: g1, g2, local
+    sigmas: list[float] = field(default_factory=lambda: [0.1, 0.6])  # paper (0.1, 2) is for 224 px
     solarization_prob: float = 0.2
 
 
@@ -61,6 +66,9 @@ class DINOConfig(RunConfig):
             raise UserError("config key 'dino.n_local_views' must be >= 0")
         if len(self.dino.global_crop_scale) != 2 or len(self.dino.local_crop_scale) != 2:
             raise UserError("config keys 'dino.*_crop_scale' take two numbers [min, max]")
+        if len(self.dino.gaussian_blur) != 3 or len(self.dino.sigmas) != 2:
+            raise UserError("config key 'dino.gaussian_blur' takes 3 probabilities and "
+                            "'dino.sigmas' two numbers [min, max]")
 
 
 class DINO(SSLMethod):
@@ -100,7 +108,9 @@ class DINO(SSLMethod):
         return DINOTransform(
             global_crop_size=size, global_crop_scale=tuple(d.global_crop_scale),
             local_crop_size=d.local_crop_size, local_crop_scale=tuple(d.local_crop_scale),
-            n_local_views=d.n_local_views, hf_prob=d.hf_prob, cj_strength=d.cj_strength,
+            n_local_views=d.n_local_views, hf_prob=d.hf_prob, rr_prob=d.rr_prob,
+            rr_degrees=d.rr_degrees, cj_strength=d.cj_strength, cj_hue=d.cj_hue,
+            gaussian_blur=tuple(d.gaussian_blur), sigmas=tuple(d.sigmas),
             solarization_prob=d.solarization_prob,
             normalize={"mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)},
         )

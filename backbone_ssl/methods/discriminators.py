@@ -30,7 +30,8 @@ class ConvDiscriminator(nn.Module):
         ch_in, ch, size = in_channels, width, image_size
         n_down = max(1, math.ceil(math.log2(max(image_size, 2) / 4)))
         for _ in range(n_down):
-            layers += [nn.Conv2d(ch_in, ch, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Conv2d(ch_in, ch, 4, stride=2, padding=1),
+                       nn.LeakyReLU(0.2, inplace=True)]
             ch_in, ch, size = ch, min(ch * 2, 8 * width), size // 2  # k4 s2 p1: floor(n/2)
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(ch_in * size * size, 1)

@@ -10,7 +10,8 @@ scalar. ``kind`` is one of :data:`GAN_LOSSES`:
 - ``wgan-gp``: Gulrajani et al., 2017 (https://arxiv.org/abs/1704.00028); D (critic):
   ``fake - real`` plus ``gp_weight`` x :func:`gradient_penalty`, G: ``-fake``.
 
-Generic on purpose (no model code here) so that other GAN code (``downstream/gan.py``) can import it.
+Generic on purpose (no model code here) so that other GAN code (``downstream/gan.py``) can
+import it.
 """
 
 from __future__ import annotations

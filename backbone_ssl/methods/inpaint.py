@@ -140,8 +140,9 @@ class InpaintConfig(RunConfig):
             raise UserError("inpaint uses manual optimisation: trainer.gradient_clip_val is not "
                             "supported; leave it null")
         if self.trainer.strategy in ("ddp", "ddp_spawn"):
-            raise UserError("inpaint under DDP needs trainer.strategy=ddp_find_unused_parameters_true"
-                            " (each backward uses one side's parameters only)")
+            raise UserError("inpaint under DDP needs trainer.strategy="
+                            "ddp_find_unused_parameters_true (each backward uses one side's "
+                            "parameters only)")
         if self.data.image_size < 16:
             raise UserError("inpaint needs data.image_size >= 16 (SSIM uses an 11 px window)")
 
@@ -412,6 +413,7 @@ class Inpaint(SSLMethod):
         return final, list(skips)
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         # Lightning warns that manual-optimisation checkpoints hold the state after the step:
         # that is the state we want (as with automatic optimisation), so silence that one warning
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")

@@ -1,0 +1,146 @@
+"""The fast data path (``data.cache``, ``trainer.channels_last``) draws the same views as the
+plain one: same shapes, dtypes, value ranges, the same pixels under the same seed, and per-sample
+augmentation randomness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import draw_identity_folder
+
+from backbone_ssl.config import load_config
+from backbone_ssl.data.cache import CACHE_ENV, CachedImages, build_decode_cache
+from backbone_ssl.data.datasets import ImageFolderDataset
+from backbone_ssl.data.sampling import ResumableLoader, SeededDataset, SeededIndex
+from backbone_ssl.io import open_rgb
+from backbone_ssl.methods import get_method
+
+SIZE = 32
+
+
+@pytest.fixture()
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    return draw_identity_folder(tmp_path / "imgs", identities=3, per_identity=4, size=SIZE)
+
+
+def method_dataset(name: str, root: Path, cache: bool, **extra: str) -> SeededDataset:
+    """``model.train_dataset()`` of method ``name`` over ``root``, wrapped as the loader does."""
+    overrides = [f"data.cache={str(cache).lower()}", f"data.image_size={SIZE}",
+                 "model.arch=resnet10t", *[f"{k}={v}" for k, v in extra.items()]]
+    cls = get_method(name)
+    cfg = load_config(cls.config_cls, name, overrides=overrides, data__path=str(root))
+    return SeededDataset(cls(cfg).train_dataset())
+
+
+def test_cache_holds_the_decoded_pixels_and_is_reused(folder):
+    images = ImageFolderDataset(folder)
+    cached = CachedImages(images, SIZE)
+    assert cached.pixels.shape == (len(images), SIZE, SIZE, 3)
+    assert cached.pixels.dtype == np.uint8 and cached.ok.all()
+    for i in (0, 5, len(images) - 1):
+        decoded = np.asarray(open_rgb(images.paths[i]))
+        np.testing.assert_array_equal(np.asarray(cached.load(i)), decoded)
+    assert cached.labels == images.labels
+    stamp = cached.array_file.stat().st_mtime_ns
+    again, _ = build_decode_cache(images.paths, images.root, SIZE)
+    assert again == cached.array_file and again.stat().st_mtime_ns == stamp  # not rebuilt
+    # another working size or a changed file -> another cache file
+    other, _ = build_decode_cache(images.paths, images.root, 16)
+    assert other != cached.array_file and np.load(other, mmap_mode="r").shape[1:] == (16, 16, 3)
+    open_rgb(images.paths[0]).rotate(90).save(images.paths[0])
+    changed, _ = build_decode_cache(images.paths, images.root, SIZE)
+    assert changed != cached.array_file
+
+
+def test_cache_skips_broken_files_like_the_plain_dataset(folder):
+    broken = sorted((folder / "id_1").iterdir())[0]
+    broken.write_bytes(b"not an image")
+    plain = ImageFolderDataset(folder)
+    cached = CachedImages(ImageFolderDataset(folder), SIZE)
+    i = plain.paths.index(broken)
+    assert not cached.ok[i] and cached.ok.sum() == len(plain) - 1
+    used_p, img_p, skipped_p = plain.decode_near(i)
+    used_c, img_c, skipped_c = cached.decode_near(i)
+    assert (used_c, skipped_c) == (used_p, skipped_p) == (i + 1, 1)
+    np.testing.assert_array_equal(np.asarray(img_c), np.asarray(img_p))
+    assert cached.skipped[str(broken)] == 1
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("dino", {"dino.local_crop_size": "16", "dino.n_local_views": "2"}),
+    ("byol", {}),
+])
+def test_cached_views_have_the_plain_distribution(folder, name, extra):
+    plain = method_dataset(name, folder, cache=False, **extra)
+    fast = method_dataset(name, folder, cache=True, **extra)
+    n_views = 4 if name == "dino" else 2
+    for index in range(len(plain)):
+        seeded = SeededIndex(index, 1000 + index)
+        views_p, label_p, skipped_p = plain[seeded]
+        views_f, label_f, skipped_f = fast[seeded]
+        assert (label_f, skipped_f) == (label_p, skipped_p)
+        assert len(views_f) == len(views_p) == n_views
+        for vp, vf in zip(views_p, views_f):
+            assert vf.shape == vp.shape and vf.dtype == vp.dtype == torch.float32
+            # same pixels, same seed -> the very same augmented view
+            torch.testing.assert_close(vf, vp, rtol=0, atol=1e-6)
+    # value range: normalised [0,1] pixels with ImageNet mean/std
+    lo, hi = (0 - 0.485) / 0.229, (1 - 0.406) / 0.225
+    views = torch.cat([v.flatten() for v in fast[SeededIndex(0, 7)][0]])
+    assert lo - 1e-4 <= float(views.min()) and float(views.max()) <= hi + 1e-4
+    assert float(views.std()) > 0.1  # not a constant image
+
+
+def test_augmentations_stay_random_per_sample(folder):
+    fast = method_dataset("byol", folder, cache=True)
+    # one image under several seeds: every draw differs; the same seed repeats exactly
+    draws = [fast[SeededIndex(0, s)][0][0] for s in range(6)]
+    for a in range(len(draws)):
+        for b in range(a + 1, len(draws)):
+            assert not torch.equal(draws[a], draws[b])
+    torch.testing.assert_close(fast[SeededIndex(0, 3)][0][0], draws[3], rtol=0, atol=0)
+    # a loader batch: the two views of every sample differ and samples differ from each other
+    loader = ResumableLoader(fast.dataset, batch_size=6, seed=0, drop_last=True)
+    (v0, v1), _, _ = next(iter(loader))
+    assert v0.shape == (6, 3, SIZE, SIZE)
+    per_sample = (v0 - v1).flatten(1).abs().amax(dim=1)
+    assert (per_sample > 0).all()
+    assert len({tuple(v0[i, :, 0, 0].tolist()) for i in range(6)}) == 6
+
+
+def test_channels_last_converts_image_batches_only(folder):
+    cls = get_method("byol")
+    cfg = load_config(cls.config_cls, "byol", data__path=str(folder),
+                      overrides=["trainer.channels_last=true", "model.arch=resnet10t"])
+    model = cls(cfg)
+    batch = ([torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)], torch.tensor([0, 1]),
+             torch.zeros(2))
+    (v0, v1), labels, skipped = model.on_after_batch_transfer(batch, 0)
+    assert v0.is_contiguous(memory_format=torch.channels_last)
+    assert not v0.is_contiguous()  # really NHWC strides (C=3 > 1)
+    torch.testing.assert_close(v0, batch[0][0], rtol=0, atol=0)
+    assert torch.equal(labels, batch[1]) and skipped.dim() == 1
+    model.on_fit_start()
+    conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    model.on_fit_end()
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_pretrain_with_cache_and_channels_last(folder, tmp_path):
+    from backbone_ssl.export import load_encoder_bundle
+    from backbone_ssl.train import pretrain
+
+    res = pretrain("dino", data=str(folder), out=str(tmp_path / "run"), overrides=[
+        "data.cache=true", "trainer.channels_last=true", "trainer.max_steps=2",
+        "trainer.enable_progress_bar=false", "data.num_workers=0", "model.arch=resnet10t",
+        f"data.image_size={SIZE}", "data.batch_size=4", "dino.local_crop_size=16"])
+    assert res.steps == 2
+    assert list((tmp_path / "cache").glob("*.npy"))  # the cache was used
+    enc = load_encoder_bundle(res.encoder_dir)
+    out = enc.module(torch.rand(2, 3, SIZE, SIZE))
+    assert out.shape == (2, enc.module.num_features) and torch.isfinite(out).all()
