@@ -35,6 +35,7 @@ class DataConfig:
     val_every_n_epochs: int = 1  # run the online kNN monitor every N epochs
     max_images: Optional[int] = None  # use only the first N images (quick experiments)
     cache: bool = False  # decode each image once into a memory-mapped uint8 file (data/cache.py)
+    batch_augment: bool = False  # render views per batch with tensor ops (data/batch_views.py)
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Follows ``examples/pytorch/dino.py`` and ``examples/pytorch/byol.py`` of lightly 1.6
 (torchvision ``ImageFolder`` + lightly transform + ``DataLoader`` + lightly heads + loss +
 ``update_momentum`` + ``cosine_schedule``), with the settings of our configs so that both do the
-same work: the same timm backbone, image size, batch, views, head widths and optimiser (AdamW).
+same work: the same timm backbone, image size, batch, views (read from ``configs/<method>.yaml``),
+head widths and optimiser (AdamW).
 
     python benchmarks/reference_loop.py dino --data DIR --steps 8 --warmup 2
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from pathlib import Path
 
 import timm
 import torch
@@ -31,20 +33,23 @@ from lightly.transforms.byol_transform import (
 )
 from lightly.transforms.dino_transform import DINOTransform
 from lightly.utils.scheduler import cosine_schedule
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 class DINO(nn.Module):
     """lightly's example model: student backbone + head, teacher = copies (heads rebuilt)."""
 
-    def __init__(self, backbone: nn.Module, dim: int) -> None:
+    def __init__(self, backbone: nn.Module, dim: int, hidden: int, bottleneck: int,
+                 out: int) -> None:
         super().__init__()
         self.student_backbone = backbone
-        self.student_head = DINOProjectionHead(dim, 512, 128, 2048, freeze_last_layer=1)
+        self.student_head = DINOProjectionHead(dim, hidden, bottleneck, out, freeze_last_layer=1)
         self.teacher_backbone = copy.deepcopy(backbone)
-        self.teacher_head = DINOProjectionHead(dim, 512, 128, 2048)
+        self.teacher_head = DINOProjectionHead(dim, hidden, bottleneck, out)
         self.teacher_head.load_state_dict(self.student_head.state_dict())
         deactivate_requires_grad(self.teacher_backbone)
         deactivate_requires_grad(self.teacher_head)
@@ -59,11 +64,12 @@ class DINO(nn.Module):
 class BYOL(nn.Module):
     """lightly's example model: online backbone + projection + prediction, momentum copies."""
 
-    def __init__(self, backbone: nn.Module, dim: int) -> None:
+    def __init__(self, backbone: nn.Module, dim: int, proj_hidden: int, out: int,
+                 pred_hidden: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projection_head = BYOLProjectionHead(dim, 1024, 256)
-        self.prediction_head = BYOLPredictionHead(256, 1024, 256)
+        self.projection_head = BYOLProjectionHead(dim, proj_hidden, out)
+        self.prediction_head = BYOLPredictionHead(out, pred_hidden, out)
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.projection_head_momentum = copy.deepcopy(self.projection_head)
         deactivate_requires_grad(self.backbone_momentum)
@@ -78,18 +84,30 @@ class BYOL(nn.Module):
 
 
 def build(method: str, arch: str, size: int):
-    """(model, transform, criterion) with the settings of configs/<method>.yaml."""
+    """(model, transform, criterion) with the settings of ``configs/<method>.yaml`` (read as
+    plain YAML: the views, head widths and loss settings a default ``pretrain`` run uses)."""
+    cfg = OmegaConf.load(CONFIGS / f"{method}.yaml")
     backbone = timm.create_model(arch, pretrained=False, num_classes=0)
     norm = {"mean": MEAN, "std": STD}
     if method == "dino":
-        transform = DINOTransform(global_crop_size=size, global_crop_scale=(0.4, 1.0),
-                                  local_crop_size=32, local_crop_scale=(0.1, 0.4),
-                                  n_local_views=2, hf_prob=0.5, cj_strength=0.5,
-                                  solarization_prob=0.2, normalize=norm)
-        return DINO(backbone, backbone.num_features), transform, DINOLoss(output_dim=2048)
-    common = dict(input_size=size, min_scale=0.2, hf_prob=0.5, cj_strength=1.0, normalize=norm)
+        d = cfg.dino
+        transform = DINOTransform(
+            global_crop_size=size, global_crop_scale=tuple(d.global_crop_scale),
+            local_crop_size=d.local_crop_size, local_crop_scale=tuple(d.local_crop_scale),
+            n_local_views=d.n_local_views, hf_prob=d.hf_prob, rr_prob=d.rr_prob,
+            rr_degrees=d.rr_degrees, cj_strength=d.cj_strength, cj_hue=d.cj_hue,
+            gaussian_blur=tuple(d.gaussian_blur), sigmas=tuple(d.sigmas),
+            solarization_prob=d.solarization_prob, normalize=norm)
+        model = DINO(backbone, backbone.num_features, d.hidden_dim, d.bottleneck_dim,
+                     d.output_dim)
+        return model, transform, DINOLoss(output_dim=d.output_dim)
+    b = cfg.byol
+    common = dict(input_size=size, min_scale=b.min_scale, hf_prob=b.hf_prob,
+                  cj_strength=b.cj_strength, normalize=norm)
     transform = BYOLTransform(BYOLView1Transform(**common), BYOLView2Transform(**common))
-    return BYOL(backbone, backbone.num_features), transform, NegativeCosineSimilarity()
+    model = BYOL(backbone, backbone.num_features, b.proj_hidden_dim, b.proj_out_dim,
+                 b.pred_hidden_dim)
+    return model, transform, NegativeCosineSimilarity()
 
 
 def train(method: str, data: str, steps: int, warmup: int, batch_size: int, workers: int,

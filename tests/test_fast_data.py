@@ -144,3 +144,111 @@ def test_pretrain_with_cache_and_channels_last(folder, tmp_path):
     enc = load_encoder_bundle(res.encoder_dir)
     out = enc.module(torch.rand(2, 3, SIZE, SIZE))
     assert out.shape == (2, enc.module.num_features) and torch.isfinite(out).all()
+
+
+# ---- batched tensor augmentations (data.batch_augment) ------------------------------------------
+def _recipe(**kw):
+    from backbone_ssl.data.batch_views import ViewRecipe
+
+    base = dict(size=(SIZE, SIZE), scale=(1.0, 1.0), ratio=(1.0, 1.0), mode="bilinear",
+                hflip=0.0, vflip=0.0, rotate=0.0, degrees=(0.0, 0.0), jitter=0.0,
+                brightness=None, contrast=None, saturation=None, hue=None, gray=0.0, blur=0.0,
+                sigmas=(0.1, 2.0), solarize=0.0, threshold=128 / 255, mean=(0.0, 0.0, 0.0),
+                std=(1.0, 1.0, 1.0))
+    return ViewRecipe(**{**base, **kw})
+
+
+def _params(n, **values):
+    from backbone_ssl.data.batch_views import COL, FIELDS
+
+    p = torch.zeros(n, len(FIELDS))
+    p[:, COL["height"]] = p[:, COL["width"]] = SIZE
+    for key, v in values.items():
+        p[:, COL[key]] = torch.as_tensor(v, dtype=torch.float32)
+    return p
+
+
+def test_batched_ops_match_torchvision_kernels():
+    import torchvision.transforms.v2.functional as TF
+
+    from backbone_ssl.data.batch_views import render
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    x = images.float() / 255
+    # full-image crop, nothing else: the image itself
+    torch.testing.assert_close(render(images, _params(4), _recipe()), x, rtol=0, atol=1e-5)
+    # flip + rotation (black corners) as torchvision draws them; nearest sampling so that the
+    # one composed resampling equals torchvision's nearest rotation of the flipped image
+    out = render(images, _params(4, hflip=1, rotate=1, angle=[-20, 5, 13, 20]),
+                 _recipe(mode="nearest"))
+    for i, angle in enumerate([-20, 5, 13, 20]):
+        ref = TF.rotate(TF.horizontal_flip(x[i]), angle, TF.InterpolationMode.NEAREST)
+        assert (out[i] - ref).abs().gt(1e-4).float().mean() < 0.02  # a few border pixels
+    # colour jitter ops one at a time (order [k, ...] puts op k first)
+    cases = {0: ("brightness", 1.3, TF.adjust_brightness), 1: ("contrast", 0.7, TF.adjust_contrast),
+             2: ("saturation", 1.2, TF.adjust_saturation), 3: ("hue", 0.08, TF.adjust_hue)}
+    for k, (key, f, fn) in cases.items():
+        neutral = dict(brightness=1.0, contrast=1.0, saturation=1.0, hue=0.0)
+        order = [k] + [j for j in range(4) if j != k]
+        p = _params(4, jitter=1, o0=order[0], o1=order[1], o2=order[2], o3=order[3],
+                    **{**neutral, key: f})
+        torch.testing.assert_close(render(images, p, _recipe()), fn(x, f), rtol=0, atol=2e-3)
+    # grayscale, solarisation
+    gray = render(images, _params(4, gray=1), _recipe())
+    # PIL (the plain path) weighs R by 0.299, torchvision by 0.2989
+    torch.testing.assert_close(gray, TF.rgb_to_grayscale(x, 3), rtol=0, atol=2e-4)
+    sol = render(images, _params(4, solarize=1), _recipe())
+    torch.testing.assert_close(sol, torch.where(x >= 128 / 255, 1 - x, x), rtol=0, atol=1e-6)
+    # blur keeps the mean and lowers the variation, more for a larger sigma
+    weak = render(images, _params(4, blur=1, sigma=0.3), _recipe())
+    strong = render(images, _params(4, blur=1, sigma=2.0), _recipe())
+    assert torch.allclose(strong.mean((2, 3)), x.mean((2, 3)), atol=0.02)
+    assert float(strong.std()) < float(weak.std()) < float(x.std())
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("dino", {"dino.local_crop_size": "16", "dino.n_local_views": "2"}),
+    ("byol", {}),
+])
+def test_batched_views_have_the_plain_distribution(folder, name, extra):
+    """Shapes, dtypes, value ranges and per-view statistics of the batched path match lightly's."""
+    plain = method_dataset(name, folder, cache=False, **extra)
+    fast_ds = method_dataset(name, folder, cache=True, **{"data.batch_augment": "true", **extra})
+    model_cfg = [f"{k}={v}" for k, v in extra.items()]
+    cls = get_method(name)
+    cfg = load_config(cls.config_cls, name, data__path=str(folder), overrides=[
+        "data.batch_augment=true", f"data.image_size={SIZE}", "model.arch=resnet10t", *model_cfg])
+    model = cls(cfg)
+    model.train_dataset()  # sets the recipes the module renders with
+    seeds = [SeededIndex(i, 17 * s + i) for s in range(25) for i in range(len(plain))]
+    ref = [torch.stack(v) for v in zip(*[plain[s][0] for s in seeds])]
+    items = [fast_ds[s] for s in seeds]
+    batch = {"image": torch.stack([it[0]["image"] for it in items]),
+             "params": torch.stack([it[0]["params"] for it in items])}
+    views = model.on_after_batch_transfer([batch, None, None], 0)[0]
+    assert len(views) == len(ref)
+    lo, hi = (0 - 0.485) / 0.229 - 1e-4, (1 - 0.406) / 0.225 + 1e-4
+    for v, r in zip(views, ref):
+        assert v.shape == r.shape and v.dtype == r.dtype == torch.float32
+        assert lo <= float(v.min()) and float(v.max()) <= hi
+        assert torch.allclose(v.mean((0, 2, 3)), r.mean((0, 2, 3)), atol=0.25)
+        ratio = v.std((0, 2, 3)) / r.std((0, 2, 3))
+        assert ((ratio > 0.8) & (ratio < 1.25)).all(), ratio
+    # per-sample randomness: the same image under two seeds gives two different views;
+    # the same seed gives the same parameters (exact resume)
+    a, b = fast_ds[SeededIndex(0, 1)][0]["params"], fast_ds[SeededIndex(0, 2)][0]["params"]
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(fast_ds[SeededIndex(0, 1)][0]["params"], a, rtol=0, atol=0)
+    first = views[0].flatten(1)
+    assert torch.unique(first, dim=0).shape[0] == len(first)  # no two views alike
+
+
+def test_pretrain_with_batched_views(folder, tmp_path):
+    from backbone_ssl.train import pretrain
+
+    res = pretrain("byol", data=str(folder), out=str(tmp_path / "run"), overrides=[
+        "data.batch_augment=true", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+        "data.num_workers=0", "model.arch=resnet10t", f"data.image_size={SIZE}",
+        "data.batch_size=4"])
+    assert res.steps == 2 and (res.encoder_dir / "model.safetensors").is_file()

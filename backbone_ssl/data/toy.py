@@ -43,6 +43,9 @@ JPEG_QUALITY = 92
 OCCLUSION_P = 0.25
 #: Texture contrast of backgrounds around their mean colour (1 = full-contrast patterns).
 BACKGROUND_CONTRAST = 0.35
+#: Backgrounds lean towards a paper tone by this fraction (scene colours stay varied but muted).
+BACKGROUND_PAPER_MIX = 0.5
+PAPER_TONE = (225.0, 215.0, 195.0)
 #: Version of the drawing code, recorded in ``toy_faces.json``.
 TOY_FACES_VERSION = 1
 
@@ -895,8 +898,10 @@ def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     :data:`BACKGROUND_CONTRAST` around its mean colour (as in tight face crops, the face, not the
     scene, carries the strongest texture)."""
     pattern = _background_pattern(rng, w, h)
-    mean = tuple(int(round(c)) for c in np.asarray(pattern, dtype=np.float32).mean(axis=(0, 1)))
-    return Image.blend(Image.new("RGB", (w, h), mean), pattern, BACKGROUND_CONTRAST)
+    mean = np.asarray(pattern, dtype=np.float32).mean(axis=(0, 1))
+    paper = mean + (np.float32(PAPER_TONE) - mean) * np.float32(BACKGROUND_PAPER_MIX)
+    tone = tuple(int(round(c)) for c in paper)
+    return Image.blend(Image.new("RGB", (w, h), tone), pattern, BACKGROUND_CONTRAST)
 
 
 def _background_pattern(rng: np.random.Generator, w: int, h: int) -> Image.Image:

@@ -84,12 +84,18 @@ class SSLMethod(pl.LightningModule):
         kind of data (panels, labels) override this and :meth:`training_step`.
         """
         images = ImageFolderDataset(resolve_image_root(self.cfg.data.path))
-        if self.cfg.data.cache:  # decode once into a memory-mapped uint8 file (data/cache.py)
+        data = self.cfg.data
+        if data.cache or data.batch_augment:  # decode once into a memory-mapped uint8 file
             from backbone_ssl.data.cache import CachedImages
 
-            images = CachedImages(images, self.cfg.data.image_size, self.cfg.data.max_images,
-                                  num_workers=self.cfg.data.num_workers)
-        return PretrainViews(images, self.train_transform(), self.cfg.data.max_images)
+            images = CachedImages(images, data.image_size, data.max_images,
+                                  num_workers=data.num_workers)
+        if data.batch_augment:  # workers draw parameters; on_after_batch_transfer renders
+            from backbone_ssl.data.batch_views import BatchedViews, recipes_from
+
+            self.view_recipes = recipes_from(self.train_transform())
+            return BatchedViews(images, self.view_recipes, data.max_images)
+        return PretrainViews(images, self.train_transform(), data.max_images)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["skipped_images"] = int(self.skipped_images)
@@ -107,7 +113,13 @@ class SSLMethod(pl.LightningModule):
             self.to(memory_format=torch.contiguous_format)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With ``trainer.channels_last``, every ``[B,C,H,W]`` tensor of the batch in NHWC."""
+        """Render batched views (``data.batch_augment``, on the device); with
+        ``trainer.channels_last``, every ``[B,C,H,W]`` tensor of the batch in NHWC."""
+        first = batch[0] if isinstance(batch, (list, tuple)) and batch else None
+        if isinstance(first, dict) and "params" in first:
+            from backbone_ssl.data.batch_views import render_views
+
+            batch = [render_views(first, self.view_recipes), *batch[1:]]
         if not self.cfg.trainer.channels_last:
             return batch
         return apply_to_collection(
