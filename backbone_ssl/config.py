@@ -176,7 +176,8 @@ def load_config(
         try:
             loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml parse errors come in many types
-            raise UserError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
+            first = str(exc).splitlines()[0]
+            raise UserError(f"cannot parse config file {path}: {first}") from None
         cfg = _merge(cfg, loaded, str(path))
     for dotted, value in set_keys.items():
         if value is not None:

@@ -53,7 +53,7 @@ class Encoder:
 
     @property
     def num_features(self) -> int:
-        return int(getattr(self.module, "num_features"))
+        return int(self.module.num_features)
 
     @property
     def name(self) -> str:

@@ -15,7 +15,6 @@ def test_yaml_defaults_match_dataclass_defaults():
     from omegaconf import OmegaConf
 
     from backbone_ssl.config import default_config_file
-
     from backbone_ssl.methods.inpaint import InpaintConfig
     from backbone_ssl.methods.person import PersonConfig
 
@@ -46,7 +45,8 @@ def test_set_keys_and_required_contract_keys():
 
 
 def test_unknown_key_names_the_closest():
-    with pytest.raises(UserError, match=r"unknown config key 'optim\.lrr'.*did you mean 'optim\.lr'"):
+    expected = r"unknown config key 'optim\.lrr'.*did you mean 'optim\.lr'"
+    with pytest.raises(UserError, match=expected):
         load_config(DINOConfig, "dino", overrides=["optim.lrr=0.1"])
     with pytest.raises(UserError, match="did you mean 'data.batch_size'"):
         load_config(DINOConfig, "dino", overrides=["data.batchsize=3"])

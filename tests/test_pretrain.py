@@ -97,7 +97,7 @@ def test_undecodable_images_are_skipped_and_counted(tiny_split, tmp_path):
 
 
 def test_model_weights_start_from_a_local_encoder(tiny_split, tmp_path):
-    from backbone_ssl.export import random_encoder, export_encoder
+    from backbone_ssl.export import export_encoder, random_encoder
 
     train, _ = tiny_split
     start = random_encoder("resnet10t", input_size=32, seed=123)

@@ -14,16 +14,16 @@ from typing import Any, Callable, ClassVar, Sequence
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.debug import std_of_l2_normalized
 from lightly.utils.scheduler import cosine_schedule, cosine_warmup_schedule
 from lightning_utilities.core.apply_func import apply_to_collection
+from torch.utils.data import Dataset
 
 from backbone_ssl.backbones import create_backbone, num_features
 from backbone_ssl.config import RunConfig, to_dict
-from backbone_ssl.errors import UserError
 from backbone_ssl.data.datasets import ImageFolderDataset, PretrainViews, resolve_image_root
+from backbone_ssl.errors import UserError
 
 
 def load_initial_weights(backbone: nn.Module, source: str) -> None:
