@@ -171,7 +171,7 @@ state = torch.load("efficientnet_{variant}.pth", weights_only=True)
 print(model.seq_encoder.embedder.model.load_state_dict(state, strict=False))
 ```
 
-or, for the whole SSuperGAN model, `model.load_state_dict(torch.load("ssupergan_embedder.pth")
+or, for the whole SSuperGAN model, `model.load_state_dict(torch.load("ssupergan_embedder.pth", weights_only=True)
 ["model_state_dict"], strict=False)`.
 
 efficientnet_pytorch's "same" padding is fixed when the model is built: build it for the size you
