@@ -11,6 +11,9 @@ import faiss
 import numpy as np
 import torch
 
+#: Gallery rows normalised and added to the index at a time (64 MB of float32 at d=256).
+GALLERY_CHUNK = 65536
+
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Rows of ``x`` ``[N, D]`` scaled to unit L2 norm; float32, C-contiguous ``[N, D]``."""
@@ -25,13 +28,16 @@ def knn_search(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nda
     Returns ``(sims [Q, k'], idx [Q, k'])`` with ``k' = min(k, G)``, most similar first;
     ``sims`` float32 cosine similarities, ``idx`` int64 rows of ``gallery``.
     """
-    gallery, queries = l2_normalize(gallery), l2_normalize(queries)
+    gallery, queries = np.asarray(gallery), l2_normalize(queries)
     if gallery.shape[1] != queries.shape[1]:
         raise ValueError(f"feature sizes differ: gallery {gallery.shape}, queries {queries.shape}")
     k = max(1, min(int(k), gallery.shape[0]))
     faiss.omp_set_num_threads(torch.get_num_threads())
     index = faiss.IndexFlatIP(gallery.shape[1])
-    index.add(gallery)
+    # normalise in chunks as they go into the index: no second full copy of a large gallery
+    # (benchmarks/RESULTS.md: -1.4 GB peak RSS at 1M x 512)
+    for start in range(0, gallery.shape[0], GALLERY_CHUNK):
+        index.add(l2_normalize(gallery[start:start + GALLERY_CHUNK]))
     sims, idx = index.search(queries, k)
     return sims.astype(np.float32), idx.astype(np.int64)
 
