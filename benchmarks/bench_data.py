@@ -1,9 +1,11 @@
-"""Data pipeline alone: augmented views per second, plain files vs the decode cache.
+"""Data pipeline alone: augmented views per second: plain files, decode cache, batched views.
 
-One process, one thread (as in a DataLoader worker), no model. Each measurement reads ``--images``
-items of ``model.train_dataset()`` wrapped in ``SeededDataset`` (exactly what a training worker
-does: decode or cache read, lightly transform, per-sample seeding); plain and cached alternate,
-median of ``--repeats``. Also times building the cache once.
+One process, one thread (as in a DataLoader worker), no model forward. Each measurement reads
+``--images`` items of ``model.train_dataset()`` wrapped in ``SeededDataset`` (exactly what a
+training worker does: decode or cache read, lightly transform, per-sample seeding); for the
+batched path (``data.batch_augment``) that is the parameter draw plus rendering every 64 items
+with the module's ``on_after_batch_transfer``. The paths alternate, median of ``--repeats``.
+Also times building the cache once.
 
     python benchmarks/bench_data.py --data /tmp/faces/split/train --repeats 5
 """
@@ -22,17 +24,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchutil import emit, load_average, machine, median  # noqa: E402
 
+#: The three data paths and the overrides that select them.
+PATHS = {"plain": ["data.cache=false"], "cached": ["data.cache=true"],
+         "batched": ["data.batch_augment=true"]}
 
-def views_per_second(dataset, n: int, offset: int) -> tuple[float, int]:
-    """(views/s, views per item) reading items ``offset .. offset+n`` (seeded as in training)."""
+
+def views_per_second(dataset, n: int, offset: int, model=None) -> tuple[float, int]:
+    """(views/s, views per item) reading items ``offset .. offset+n`` (seeded as in training).
+
+    With ``model`` (``data.batch_augment``), items hold parameters: they are collated in batches
+    of 64 and rendered by ``model.on_after_batch_transfer``, as in training; that time counts.
+    """
+    from torch.utils.data import default_collate
+
     from backbone_ssl.data.sampling import SeededIndex, sample_seed
 
     start = time.perf_counter()
-    n_views = 0
+    n_views, pending = 0, []
     for j in range(n):
         i = (offset + j) % len(dataset)
-        views, _, _ = dataset[SeededIndex(i, sample_seed(0, 0, i))]
-        n_views = len(views)
+        item = dataset[SeededIndex(i, sample_seed(0, 0, i))]
+        if model is None:
+            n_views = len(item[0])
+            continue
+        pending.append(item)
+        if len(pending) == 64 or j == n - 1:
+            views = model.on_after_batch_transfer(default_collate(pending), 0)[0]
+            n_views, pending = len(views), []
     return n * n_views / (time.perf_counter() - start), n_views
 
 
@@ -58,31 +76,34 @@ def main() -> None:
         os.environ[CACHE_ENV] = cache_dir
         for method in a.methods:
             cls = get_method(method)
-            sets = {}
-            for cache in (False, True):
+            sets, models = {}, {}
+            for path, keys in PATHS.items():
                 cfg = load_config(cls.config_cls, method, data__path=a.data,
-                                  overrides=[f"data.cache={str(cache).lower()}",
-                                             f"data.image_size={a.size}", "data.num_workers=0"])
+                                  overrides=[*keys, f"data.image_size={a.size}",
+                                             "data.num_workers=0"])
+                model = cls(cfg)
                 start = time.perf_counter()
-                sets[cache] = SeededDataset(cls(cfg).train_dataset())
-                if cache:
+                sets[path] = SeededDataset(model.train_dataset())
+                models[path] = model if path == "batched" else None
+                if path == "cached":
                     out[f"{method}/cache_build_s"] = round(time.perf_counter() - start, 3)
-                    out[f"{method}/cache_images"] = len(sets[cache])
-            rates: dict[bool, list[float]] = {False: [], True: []}
+                    out[f"{method}/cache_images"] = len(sets[path])
+            rates: dict[str, list[float]] = {path: [] for path in PATHS}
             loads = []
             for r in range(a.repeats + 1):  # the first round warms caches (page cache, imports)
                 loads.append(load_average())
-                for cache in (False, True):
-                    rate, n_views = views_per_second(sets[cache], a.images, r * a.images)
+                for path in PATHS:
+                    rate, n_views = views_per_second(sets[path], a.images, r * a.images,
+                                                     models[path])
                     if r:
-                        rates[cache].append(rate)
-            plain, fast = median(rates[False]), median(rates[True])
-            out[method] = {"views_per_item": n_views, "plain_views_per_s": round(plain, 1),
-                           "cached_views_per_s": round(fast, 1), "speedup": round(fast / plain, 3),
-                           "all_plain": [round(x, 1) for x in rates[False]],
-                           "all_cached": [round(x, 1) for x in rates[True]], "load": loads}
-            print(f"{method}: plain {plain:.0f} views/s, cached {fast:.0f} views/s "
-                  f"(load {loads})", file=sys.stderr)
+                        rates[path].append(rate)
+            med = {path: median(v) for path, v in rates.items()}
+            out[method] = {"views_per_item": n_views, "load": loads,
+                           **{f"{p}_views_per_s": round(v, 1) for p, v in med.items()},
+                           **{f"{p}_speedup": round(v / med["plain"], 3) for p, v in med.items()},
+                           **{f"all_{p}": [round(x, 1) for x in v] for p, v in rates.items()}}
+            print(f"{method}: " + ", ".join(f"{p} {v:.0f} views/s" for p, v in med.items())
+                  + f" (load {loads})", file=sys.stderr)
     out["load_end"] = load_average()
     print(json.dumps(out, indent=2), file=sys.stderr)
     emit({k: v for k, v in out.items() if k != "machine"})
