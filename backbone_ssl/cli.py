@@ -150,6 +150,11 @@ def _eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--t", type=float, default=0.07)
     p.add_argument("--baseline", action="store_true",
                    help="also evaluate a random-init encoder of the same architecture")
+    p.add_argument("--knn-index", choices=["flat", "ivf"], default="flat",
+                   help="flat: exact (default); ivf: approximate faiss IVF search for galleries "
+                        "of about 1M vectors and more (the report records it)")
+    p.add_argument("--nprobe", type=int, default=None,
+                   help="ivf: cells scanned per query (default: 1/32 of them, at least 8)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_eval)
@@ -163,6 +168,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("eval needs --train DIR and --test DIR, or --icartoonface ROOT")
     if args.k < 1 or args.t <= 0:
         raise UserError(f"--k must be >= 1 and --t > 0 (got k={args.k}, t={args.t})")
+    if args.nprobe is not None and args.nprobe < 1:
+        raise UserError(f"--nprobe must be >= 1 (got {args.nprobe})")
     encoder = resolve_encoder(args.encoder)
     baseline = None
     if args.baseline:
@@ -171,7 +178,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = None
     if args.train and args.test:
         report = run_eval(encoder, args.train, args.test, args.out, k=args.k, t=args.t,
-                          baseline=baseline, seed=args.seed, batch_size=args.batch_size)
+                          baseline=baseline, seed=args.seed, batch_size=args.batch_size,
+                          knn_index=args.knn_index, nprobe=args.nprobe)
     if args.icartoonface:
         from backbone_ssl.evaluation.icartoonface import run_icartoonface_eval
 

@@ -77,6 +77,7 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     limit_train_batches: Optional[float] = None
     channels_last: bool = False  # NHWC model + batches (faster convs on GPU and oneDNN CPUs)
+    sync_batchnorm: bool = False  # DDP: BatchNorm statistics over all processes (Lightning's)
 
 
 @dataclass
@@ -89,6 +90,12 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self) -> None:
+        """One-line errors for shared keys with a fixed set of values (method configs that
+        override this call it first)."""
+        check_choice(self.optim.name, ("adamw", "sgd"), "optim.name")
+        check_choice(self.optim.lr_scaling, ("none", "linear", "sqrt"), "optim.lr_scaling")
 
 
 C = TypeVar("C")
@@ -205,6 +212,12 @@ def to_dict(cfg: Any) -> dict:
 def to_yaml(cfg: Any) -> str:
     """The resolved config as YAML text (what ``RUN/config.yaml`` holds)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def check_choice(value: str, allowed: Sequence[str], key: str) -> None:
+    """Raise a UserError naming ``key`` and the allowed values unless ``value in allowed``."""
+    if value not in allowed:
+        raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}, got '{value}'")
 
 
 def check_positive(value: float, key: str) -> None:

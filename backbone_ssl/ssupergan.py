@@ -59,7 +59,7 @@ def efficientnet_variant(arch: str) -> str:
     return f"b{match.group(1)}"
 
 
-def _reference_state(variant: str, input_size: int) -> "OrderedDict[str, torch.Tensor]":
+def _reference_state(variant: str, input_size: int) -> OrderedDict[str, torch.Tensor]:
     """efficientnet_pytorch's own state dict for ``efficientnet-<variant>`` (random init, no
     download), used for its key names and shapes."""
     try:
@@ -79,7 +79,7 @@ def _module_of(key: str) -> str:
 
 def to_efficientnet_pytorch(
     timm_state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
-) -> "OrderedDict[str, torch.Tensor]":
+) -> OrderedDict[str, torch.Tensor]:
     """Rename a timm ``tf_efficientnet_b*`` state dict into efficientnet_pytorch's keys.
 
     The two orders agree entry by entry once ``num_batches_tracked`` and the target's ``_fc.*``
@@ -171,8 +171,12 @@ state = torch.load("efficientnet_{variant}.pth", weights_only=True)
 print(model.seq_encoder.embedder.model.load_state_dict(state, strict=False))
 ```
 
-or, for the whole SSuperGAN model, `model.load_state_dict(torch.load("ssupergan_embedder.pth", weights_only=True)
-["model_state_dict"], strict=False)`.
+or, for the whole SSuperGAN model:
+
+```python
+state = torch.load("ssupergan_embedder.pth", weights_only=True)["model_state_dict"]
+model.load_state_dict(state, strict=False)
+```
 
 efficientnet_pytorch's "same" padding is fixed when the model is built: build it for the size you
 feed (`EfficientNet.from_name("efficientnet-{variant}", image_size={size})`); for any input side

@@ -108,6 +108,22 @@ def make_loader(model: SSLMethod, cfg: RunConfig) -> DataLoader:
     )
 
 
+def trains_on_cpu(cfg: RunConfig) -> bool:
+    """Whether ``trainer.accelerator`` resolves to the CPU (``auto``: no CUDA or MPS device)."""
+    accelerator = str(cfg.trainer.accelerator).lower()
+    if accelerator == "auto":
+        return not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    return accelerator == "cpu"
+
+
+def check_trainer_options(cfg: RunConfig) -> None:
+    """One-line errors, before anything is written, for trainer options this machine cannot run."""
+    if cfg.trainer.sync_batchnorm and trains_on_cpu(cfg):
+        raise UserError("config key 'trainer.sync_batchnorm=true' needs GPUs (torch's "
+                        "SyncBatchNorm only works with GPU modules); drop it when training on "
+                        "the CPU")
+
+
 def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
     """A Lightning Trainer configured from ``cfg.trainer``, logging into ``run_dir``."""
     t = cfg.trainer
@@ -124,6 +140,7 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
         log_every_n_steps=max(1, t.log_every_n_steps), gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
         limit_train_batches=t.limit_train_batches, enable_model_summary=False,
+        sync_batchnorm=t.sync_batchnorm,
     )
 
 
@@ -135,6 +152,7 @@ def pretrain(method: str, *, config_file: str | None = None, data: str | None = 
     ``callbacks`` are extra Lightning callbacks (e.g. the search's pruning reporter).
     """
     cfg, run_dir = build_config(method, config_file, data, out, resume, overrides)
+    check_trainer_options(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     model = get_method(method)(cfg)
     loader = make_loader(model, cfg)

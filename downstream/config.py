@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from backbone_ssl.config import check_positive
+from backbone_ssl.config import check_choice, check_positive
 from backbone_ssl.errors import UserError
 from backbone_ssl.methods.gan_losses import GAN_LOSSES
 
@@ -115,8 +115,8 @@ class ClozeConfig:
 
     def validate(self) -> None:
         _check_common(self)
-        _choice(self.model.sequence, SEQUENCE_MODES, "model.sequence")
-        _choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
+        check_choice(self.model.sequence, SEQUENCE_MODES, "model.sequence")
+        check_choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
         _power_side(self.data.panel_size, "data.panel_size")
         _power_side(self.data.face_size, "data.face_size")
         if not 0.0 < self.data.test_fraction < 1.0:
@@ -169,7 +169,7 @@ class SiameseConfig:
 
     def validate(self) -> None:
         _check_common(self)
-        _choice(self.data.split, SPLITS, "data.split")
+        check_choice(self.data.split, SPLITS, "data.split")
         check_positive(self.data.image_size, "data.image_size")
         f = self.data.val_fraction + self.data.test_fraction
         if self.data.val_fraction <= 0 or self.data.test_fraction <= 0 or f >= 1:
@@ -224,18 +224,13 @@ class GanConfig:
 
     def validate(self) -> None:
         _check_common(self)
-        _choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
+        check_choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
         _power_side(self.data.image_size, "data.image_size")
         check_positive(self.model.latent_dim, "model.latent_dim")
         check_positive(self.loss.n_critic, "loss.n_critic")
 
 
 CONFIGS: dict[str, type] = {"cloze": ClozeConfig, "siamese": SiameseConfig, "gan": GanConfig}
-
-
-def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
-    if value not in allowed:
-        raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}, got '{value}'")
 
 
 def _power_side(size: int, key: str) -> None:

@@ -39,7 +39,7 @@ class EncoderInput(nn.Module):
             p.requires_grad_(finetune)
         self.train(False)
 
-    def train(self, mode: bool = True) -> "EncoderInput":
+    def train(self, mode: bool = True) -> EncoderInput:
         super().train(mode)
         self.encoder.train(mode and self.finetune)
         return self

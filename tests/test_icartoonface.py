@@ -1,4 +1,6 @@
-"""iCartoonFace reader and the rank-1 protocol (data/icartoonface.py, evaluation/icartoonface.py)."""
+"""iCartoonFace reader and the rank-1 protocol.
+
+Covers data/icartoonface.py and evaluation/icartoonface.py."""
 
 from __future__ import annotations
 

@@ -78,11 +78,16 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, tiny_split):
         (["pretrain", "simclr", "--data", str(train)], "unknown method"),
         (["pretrain", "dino", "--out", str(tmp_path / "r2"), "--resume"], "nothing to resume"),
         (["pretrain", "dino"], "no training data"),
+        (["pretrain", "dino", "--data", str(train), "optim.name=adam"], "adamw, sgd"),
+        (["pretrain", "dino", "--data", str(train), "optim.lr_scaling=cubic"], "lr_scaling"),
+        (["pretrain", "byol", "--data", str(train), "--out", str(tmp_path / "r3"),
+          "trainer.accelerator=cpu", "trainer.sync_batchnorm=true"], "needs GPUs"),
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (argv, err)
+    assert not (tmp_path / "r3").exists()  # refused before anything was written
 
 
 def test_undecodable_images_are_skipped_and_counted(tiny_split, tmp_path):

@@ -47,7 +47,8 @@ def cli_command() -> list[str]:
 def global_step(ckpt: Path) -> int:
     """``global_step`` of a checkpoint being rewritten by another process (-1 if unreadable)."""
     try:
-        return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["global_step"])
     except Exception:  # noqa: BLE001 - not there yet / replaced while reading
         return -1
 
@@ -303,7 +304,8 @@ def test_sampler_shards_like_distributed_sampler(monkeypatch):
 
 # ---- kill -9 and --resume -----------------------------------------------------------------------
 def run_cli(args: list[str], env: dict) -> None:
-    proc = subprocess.run(cli_command() + args, check=False, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cli_command() + args, check=False, env=env, capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

@@ -177,26 +177,27 @@ def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tenso
     return (f.view(-1, 1, 1, 1) * x + (1 - f.view(-1, 1, 1, 1)) * other).clamp(0, 1)
 
 
+#: HSV -> RGB: channel c is ``v * (1 - s * clamp(min(k, 4 - k), 0, 1))`` with
+#: ``k = (HUE_OFFSETS[c] + 6 h) mod 6`` (the sector table of torchvision's ``_hsv2rgb`` in closed
+#: form: same values, a few element-wise ops instead of a gather over six candidates).
+HUE_OFFSETS = (5.0, 3.0, 1.0)
+
+
 def _adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue of ``x`` ``[N,3,H,W]`` by ``shift`` ``[N]`` turns (RGB -> HSV -> RGB)."""
     r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
+    minc, maxc = torch.aminmax(x, dim=1)
     delta = maxc - minc
     sat = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
     dc = delta.clamp_min(1e-12)
-    rc, gc, bc = (maxc - r) / dc, (maxc - g) / dc, (maxc - b) / dc
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    h = (h + shift.view(-1, 1, 1)) % 1.0
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    idx = (i.long() % 6).unsqueeze(1)  # [N,1,H,W]: sector of the colour wheel
-    v = maxc
-    p, q, t = v * (1 - sat), v * (1 - sat * f), v * (1 - sat * (1 - f))
-    sectors = ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))  # R, G, B per sector
-    out = [torch.stack(c, 1).gather(1, idx) for c in sectors]
-    return torch.cat(out, 1).clamp(0, 1)
+    # hue in sixths of a turn: (g-b)/d, 2 + (b-r)/d or 4 + (r-g)/d for max = r, g, b
+    num = torch.where(maxc == r, g - b, torch.where(maxc == g, (b - r) + 2.0 * dc,
+                                                    (r - g) + 4.0 * dc))
+    h = torch.where(delta > 0, (num / (6.0 * dc)) % 1.0, torch.zeros_like(num))
+    h6 = ((h + shift.view(-1, 1, 1)) % 1.0).mul_(6.0).unsqueeze(1)  # [N,1,H,W] in [0, 6)
+    k = (h6 + h6.new_tensor(HUE_OFFSETS).view(1, 3, 1, 1)).remainder_(6.0)  # [N,3,H,W]
+    f = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return (maxc.unsqueeze(1) * (1.0 - sat.unsqueeze(1) * f)).clamp_(0, 1)
 
 
 def _jitter_op(k: int, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -224,14 +225,20 @@ def _geometry(x: torch.Tensor, p: torch.Tensor, recipe: ViewRecipe) -> torch.Ten
     cos, sin = torch.cos(a), torch.sin(a)
     rot = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
     rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1] = cos, -sin, sin, cos
-    grid = F.affine_grid(rot, [n, 3, *recipe.size], align_corners=False)  # crop frame, [-1, 1]
-    inside = (grid.abs() <= 1).all(-1).unsqueeze(1)  # [n,1,s,s]
     scale = torch.stack([torch.where(p[:, COL["hflip"]] > 0, -1.0, 1.0) * w / width,
                          torch.where(p[:, COL["vflip"]] > 0, -1.0, 1.0) * h / height], -1)
     shift = torch.stack([2 * (left + w / 2) / width - 1, 2 * (top + h / 2) / height - 1], -1)
-    grid = grid * scale.view(n, 1, 1, 2) + shift.view(n, 1, 1, 2)
-    out = F.grid_sample(x, grid, mode=recipe.mode, padding_mode="border", align_corners=False)
-    return out.clamp(0, 1) * inside
+    # output pixel -> rotated crop frame [-1, 1] -> flipped, scaled, shifted into the source:
+    # one affine map per sample
+    theta = torch.cat([rot[:, :, :2] * scale.view(n, 2, 1), shift.view(n, 2, 1)], 2)
+    grid = F.affine_grid(theta, [n, 3, *recipe.size], align_corners=False)
+    out = F.grid_sample(x, grid, mode=recipe.mode, padding_mode="border",
+                        align_corners=False).clamp_(0, 1)
+    rotated = (a != 0).nonzero().squeeze(1)
+    if rotated.numel():  # corners that come from outside the rotated crop are black
+        frame = F.affine_grid(rot[rotated], [len(rotated), 3, *recipe.size], align_corners=False)
+        out[rotated] *= (frame.abs() <= 1).all(-1).unsqueeze(1)
+    return out
 
 
 def _gaussian_blur(x: torch.Tensor, p: torch.Tensor, max_sigma: float) -> torch.Tensor:
@@ -264,17 +271,19 @@ def render(images: torch.Tensor, params: torch.Tensor, recipe: ViewRecipe) -> to
                 rows = (jitter & (op_at == k)).nonzero().squeeze(1)
                 if rows.numel():
                     x[rows] = _jitter_op(k, x[rows], p[rows])
-    gray = p[:, COL["gray"]] > 0
-    if gray.any():
-        x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+    gray = (p[:, COL["gray"]] > 0).nonzero().squeeze(1)
+    if gray.numel():
+        x[gray] = _gray(x[gray]).expand(-1, 3, -1, -1)
     blur = (p[:, COL["blur"]] > 0).nonzero().squeeze(1)
     if blur.numel():
         x[blur] = _gaussian_blur(x[blur], p[blur], recipe.sigmas[1])
-    sol = (p[:, COL["solarize"]] > 0).view(-1, 1, 1, 1)
-    x = torch.where(sol & (x >= recipe.threshold), 1.0 - x, x)
+    sol = (p[:, COL["solarize"]] > 0).nonzero().squeeze(1)
+    if sol.numel():
+        xs = x[sol]
+        x[sol] = torch.where(xs >= recipe.threshold, 1.0 - xs, xs)
     mean = x.new_tensor(recipe.mean).view(1, 3, 1, 1)
     std = x.new_tensor(recipe.std).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return x.sub_(mean).div_(std)
 
 
 def render_views(batch: dict[str, torch.Tensor], recipes: Sequence[ViewRecipe]

@@ -52,7 +52,8 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[int], l
         if files:
             return files, [0] * len(files), [root.name]
         raise UserError(
-            f"no images found in {root} (expected ROOT/<identity>/<image>.jpg or a folder of images)"
+            f"no images found in {root} "
+            "(expected ROOT/<identity>/<image>.jpg or a folder of images)"
         )
     return paths, labels, kept
 

@@ -50,7 +50,9 @@ MAX_DECODE_ATTEMPTS = 50
 
 def face_crops(prep_out: str | os.PathLike, transform: Callable | None = None
                ) -> ImageFolderDataset:
-    """The face crops ``PREP_OUT/faces/<book>/*.jpg``; items ``(transform(PIL RGB), book index)``."""
+    """The face crops ``PREP_OUT/faces/<book>/*.jpg``.
+
+    Items are ``(transform(PIL RGB), book index)``."""
     return ImageFolderDataset(Path(prep_out) / FACES_DIR, transform)
 
 

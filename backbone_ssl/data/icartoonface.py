@@ -4,7 +4,8 @@
 
     ROOT/personai_icartoonface_rectrain/icartoonface_rectrain/<identity>/*.jpg
     ROOT/personai_icartoonface_rectest/icartoonface_rectest/*.jpg
-    ROOT/personai_icartoonface_rectest/icartoonface_rectest_info.txt  (or inside icartoonface_rectest/)
+    ROOT/personai_icartoonface_rectest/icartoonface_rectest_info.txt
+        (or inside icartoonface_rectest/)
 
 The info file mixes six-field rows ``img x1 y1 x2 y2 label`` (label ``-1`` = distractor) and
 two-field rows ``probe mate``. Malformed rows (another field count, non-numbers, a pair naming an

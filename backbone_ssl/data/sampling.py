@@ -17,8 +17,8 @@ such a loader:
   ``load_state_dict`` the next epoch with the saved number skips that many batches.
 
 Lightning sets the train loader up early when ``configure_optimizers`` asks for
-``trainer.estimated_stepping_batches`` (our LR schedule does), i.e. before it restores the loops, and
-then skips the loader-state restore. :class:`RestoreLoaderState` applies the stashed states at
+``trainer.estimated_stepping_batches`` (our LR schedule does), i.e. before it restores the loops,
+and then skips the loader-state restore. :class:`RestoreLoaderState` applies the stashed states at
 ``on_train_start``, which still precedes the first batch (our loader starts an epoch lazily).
 """
 
@@ -53,11 +53,14 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 def seeded_rng(seed: int) -> Iterator[None]:
     """Seed torch (CPU), numpy and python ``random`` for the block; restore them afterwards.
 
-    torchvision and lightly transforms draw from these global generators.
+    torchvision and lightly transforms draw from these global generators. Only torch's CPU
+    generator is seeded: ``torch.manual_seed`` would also queue a CUDA seed, which on CUDA builds
+    records a stack trace at every call (about 0.1-0.6 ms per item, measured) and affects no
+    augmentation, since the transforms run on the CPU.
     """
     np_state, py_state = np.random.get_state(), random.getstate()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
         try:

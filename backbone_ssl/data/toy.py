@@ -697,7 +697,7 @@ class _Painter:
                     (c[0] - rx, c[1] - ry, c[0] + rx, c[1] + ry), outline=self.ink, width=self.lw
                 )
             if st == "lashes":
-                for k, a in enumerate((20, 45, 70)):
+                for a in (20, 45, 70):
                     a = math.radians(a if side > 0 else 180 - a)
                     x0, y0 = c[0] + rx * math.cos(a), c[1] - ry * math.sin(a)
                     self.stroke(

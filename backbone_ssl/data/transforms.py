@@ -17,7 +17,9 @@ def eval_transform(
     mean: Sequence[float] = DEFAULT_MEAN,
     std: Sequence[float] = DEFAULT_STD,
 ) -> T.Compose:
-    """PIL RGB image -> normalised ``[3, image_size, image_size]`` float tensor (resize, no crop)."""
+    """PIL RGB image -> normalised ``[3, image_size, image_size]`` float tensor.
+
+    Resize only, no crop."""
     return T.Compose(
         [
             T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC),

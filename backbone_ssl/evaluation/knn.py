@@ -1,4 +1,11 @@
-"""Cosine k-nearest-neighbour evaluation with faiss (exact inner product on unit vectors).
+"""Cosine k-nearest-neighbour evaluation with faiss (inner product on unit vectors).
+
+The default search is exact: faiss ``IndexFlatIP``, or for large searches on CPUs with native
+bfloat16 the screened search of :mod:`backbone_ssl.evaluation.screened` (same result, about 3x
+faster). ``index="ivf"`` is faiss's inverted-file index (``IndexIVFFlat``: k-means cells, only
+the ``nprobe`` closest cells are scanned), an approximate search for galleries of about a million
+vectors and more, where exact search is bound by the ``Q x G x D`` matrix product
+(benchmarks/RESULTS.md). Its recall is measured there.
 
 The weighted vote follows Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance
 Discrimination" (CVPR 2018), as used by DINO (Caron et al., 2021): each of the ``k`` nearest
@@ -7,9 +14,13 @@ gallery features votes for its class with weight ``exp(sim / t)``.
 
 from __future__ import annotations
 
+import math
+
 import faiss
 import numpy as np
 import torch
+
+from backbone_ssl.evaluation.screened import screened_search, use_screening
 
 #: Gallery rows normalised and added to the index at a time (64 MB of float32 at d=256).
 GALLERY_CHUNK = 65536
@@ -22,31 +33,91 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(norms, eps), dtype=np.float32)
 
 
-def knn_search(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine search of ``queries`` ``[Q, D]`` against ``gallery`` ``[G, D]``.
+#: Index kinds accepted by :func:`knn_search`.
+KNN_INDEXES = ("flat", "ivf")
+#: IVF: k-means training points per cell (faiss warns below 39).
+IVF_TRAIN_PER_LIST = 64
 
+
+def ivf_lists(n_gallery: int) -> int:
+    """Default number of IVF cells for ``n_gallery`` vectors: about ``sqrt(G)``, at least 39
+    training points per cell (1M -> 1000 cells)."""
+    return max(1, min(int(round(math.sqrt(n_gallery))), n_gallery // 39))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Cells scanned per query by default: 1/32 of them, at least 8 (or all, if fewer)."""
+    return min(nlist, max(8, math.ceil(nlist / 32)))
+
+
+def _add_normalized(index: faiss.Index, gallery: np.ndarray) -> None:
+    """Add ``gallery`` rows to ``index`` L2-normalised, ``GALLERY_CHUNK`` rows at a time: no
+    second full copy of a large gallery (benchmarks/RESULTS.md: -1.4 GB peak RSS at 1M x 512)."""
+    for start in range(0, gallery.shape[0], GALLERY_CHUNK):
+        index.add(l2_normalize(gallery[start:start + GALLERY_CHUNK]))
+
+
+def build_index(gallery: np.ndarray, index: str = "flat", nlist: int | None = None,
+                seed: int = 0) -> faiss.Index:
+    """A faiss inner-product index over the L2-normalised rows of ``gallery`` ``[G, D]``.
+
+    ``index="flat"``: exact. ``index="ivf"``: ``IndexIVFFlat`` with ``nlist`` cells (default
+    :func:`ivf_lists`), trained by spherical k-means on ``IVF_TRAIN_PER_LIST * nlist`` rows drawn
+    with ``seed`` (same gallery and seed -> same index).
+    """
+    if index not in KNN_INDEXES:
+        raise ValueError(f"unknown kNN index {index!r} (choose from {', '.join(KNN_INDEXES)})")
+    dim = gallery.shape[1]
+    if index == "flat":
+        flat = faiss.IndexFlatIP(dim)
+        _add_normalized(flat, gallery)
+        return flat
+    nlist = ivf_lists(gallery.shape[0]) if nlist is None else max(1, int(nlist))
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.spherical, ivf.cp.seed = True, int(seed)
+    n_train = min(gallery.shape[0], IVF_TRAIN_PER_LIST * nlist)
+    rows = np.sort(np.random.default_rng(seed).choice(gallery.shape[0], n_train, replace=False))
+    ivf.train(l2_normalize(gallery[rows]))
+    _add_normalized(ivf, gallery)
+    return ivf
+
+
+def knn_search(gallery: np.ndarray, queries: np.ndarray, k: int, index: str = "flat",
+               nprobe: int | None = None, nlist: int | None = None,
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine search of ``queries`` ``[Q, D]`` against ``gallery`` ``[G, D]``.
+
+    Exact by default (large searches on CPUs with native bfloat16 are screened in bfloat16 and
+    certified in float32, same result: :mod:`backbone_ssl.evaluation.screened`); ``index="ivf"``
+    is approximate (``nlist`` cells, ``nprobe`` of them scanned
+    per query; defaults :func:`ivf_lists`, :func:`default_nprobe`), see :func:`build_index`.
     Returns ``(sims [Q, k'], idx [Q, k'])`` with ``k' = min(k, G)``, most similar first;
-    ``sims`` float32 cosine similarities, ``idx`` int64 rows of ``gallery``.
+    ``sims`` float32 cosine similarities, ``idx`` int64 rows of ``gallery`` (an IVF search that
+    finds fewer than ``k'`` neighbours pads with ``sims=-inf``, ``idx=-1``).
     """
     gallery, queries = np.asarray(gallery), l2_normalize(queries)
     if gallery.shape[1] != queries.shape[1]:
         raise ValueError(f"feature sizes differ: gallery {gallery.shape}, queries {queries.shape}")
     k = max(1, min(int(k), gallery.shape[0]))
     faiss.omp_set_num_threads(torch.get_num_threads())
-    index = faiss.IndexFlatIP(gallery.shape[1])
-    # normalise in chunks as they go into the index: no second full copy of a large gallery
-    # (benchmarks/RESULTS.md: -1.4 GB peak RSS at 1M x 512)
-    for start in range(0, gallery.shape[0], GALLERY_CHUNK):
-        index.add(l2_normalize(gallery[start:start + GALLERY_CHUNK]))
-    sims, idx = index.search(queries, k)
-    return sims.astype(np.float32), idx.astype(np.int64)
+    if index == "flat" and use_screening(len(queries), gallery.shape[0], k):
+        sims, idx, _ = screened_search(gallery, queries, k)  # exact, bfloat16-screened
+        return sims, idx
+    built = build_index(gallery, index, nlist)
+    if index == "ivf":
+        built.nprobe = default_nprobe(built.nlist) if nprobe is None else max(1, int(nprobe))
+    sims, idx = built.search(queries, k)
+    sims = sims.astype(np.float32)
+    sims[idx < 0] = -np.inf
+    return sims, idx.astype(np.int64)
 
 
 def knn_neighbours(
-    train_feats: np.ndarray, test_feats: np.ndarray, k: int
+    train_feats: np.ndarray, test_feats: np.ndarray, k: int, index: str = "flat",
+    nprobe: int | None = None, nlist: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest training rows for each test row: ``(sims [Q, k'], idx [Q, k'])`` (see knn_search)."""
-    return knn_search(train_feats, test_feats, k)
+    return knn_search(train_feats, test_feats, k, index=index, nprobe=nprobe, nlist=nlist)
 
 
 def class_scores(
@@ -54,12 +125,16 @@ def class_scores(
 ) -> np.ndarray:
     """Temperature-weighted votes: ``[Q, C]`` float64, ``score[q, c] = sum exp(sim/t)`` over
     the neighbours of ``q`` labelled ``c`` (computed relative to each row's best similarity,
-    which rescales a row and leaves its ranking unchanged)."""
+    which rescales a row and leaves its ranking unchanged). Entries with label ``-1`` or a
+    non-finite similarity (no neighbour found) do not vote."""
     sims = sims.astype(np.float64)
-    weights = np.exp((sims - sims[:, :1]) / t)
+    found = (neighbour_labels >= 0) & np.isfinite(sims)  # label -1 / sim -inf: no neighbour
+    best = np.where(found, sims, -np.inf).max(axis=1, keepdims=True)
+    weights = np.where(found, np.exp((sims - np.where(np.isfinite(best), best, 0.0)) / t), 0.0)
     scores = np.zeros((sims.shape[0], num_classes), dtype=np.float64)
     rows = np.repeat(np.arange(sims.shape[0]), sims.shape[1])
-    np.add.at(scores, (rows, neighbour_labels.reshape(-1)), weights.reshape(-1))
+    labels = np.where(found, neighbour_labels, 0)
+    np.add.at(scores, (rows, labels.reshape(-1)), weights.reshape(-1))
     return scores
 
 
@@ -84,7 +159,9 @@ def knn_scores(
     if num_classes is None:
         num_classes = int(max(train_labels.max(initial=0), test_labels.max(initial=0))) + 1
     k = max(1, min(int(k), len(train_labels), idx.shape[1]))
-    neighbour_labels = train_labels[idx[:, :k]]
+    idx = idx[:, :k]
+    # an approximate (IVF) search may find fewer than k neighbours: idx -1, label -1
+    neighbour_labels = np.where(idx >= 0, train_labels[np.maximum(idx, 0)], -1)
     scores = class_scores(sims[:, :k], neighbour_labels, t, num_classes)
     ranking = np.argsort(-scores, axis=1, kind="stable")
     top = min(5, num_classes)

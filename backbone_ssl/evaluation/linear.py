@@ -37,7 +37,8 @@ def linear_probe(
     class_names: Sequence[str] | None = None,
     source: str = "the training set",
 ) -> dict[str, float]:
-    """Fit on ``train_feats`` ``[N, D]`` / ``train_labels`` ``[N]``, score ``test_feats`` ``[M, D]``.
+    """Fit on ``train_feats`` ``[N, D]`` / ``train_labels`` ``[N]``; score ``test_feats``
+    ``[M, D]``.
 
     Labels must share class indices (use :func:`align_by_name` for separate folders). Returns
     ``{"top1": float in [0, 1]}``. Raises UserError for fewer than 2 train classes

@@ -88,6 +88,9 @@ def plot_retrieval_grid(
         _frame(axes[r, 0], None)
         for c in range(cols):
             j = neighbour_idx[q, c]
+            if j < 0:  # an approximate search found fewer neighbours: leave the cell empty
+                axes[r, c + 1].axis("off")
+                continue
             hit = train_labels[j] == test_labels[q]
             axes[r, c + 1].imshow(_thumbnail(train_paths[j]))
             _frame(axes[r, c + 1], HIT_COLOUR if hit else MISS_COLOUR)

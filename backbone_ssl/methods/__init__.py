@@ -22,7 +22,8 @@ def get_method(name: str) -> type[SSLMethod]:
     except KeyError:
         near = difflib.get_close_matches(name, list(METHODS), n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise UserError(f"unknown method '{name}' (choose from {', '.join(METHODS)}){hint}") from None
+        raise UserError(
+            f"unknown method '{name}' (choose from {', '.join(METHODS)}){hint}") from None
 
 
 __all__ = ["METHODS", "SSLMethod", "get_method"]

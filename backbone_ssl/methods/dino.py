@@ -62,6 +62,7 @@ class DINOConfig(RunConfig):
     dino: DINOSection = field(default_factory=DINOSection)
 
     def validate(self) -> None:
+        super().validate()
         if self.dino.n_local_views < 0:
             raise UserError("config key 'dino.n_local_views' must be >= 0")
         if len(self.dino.global_crop_scale) != 2 or len(self.dino.local_crop_scale) != 2:

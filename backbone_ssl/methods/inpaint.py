@@ -117,6 +117,7 @@ class InpaintConfig(RunConfig):
     inpaint: InpaintSection = field(default_factory=InpaintSection)
 
     def validate(self) -> None:
+        super().validate()
         p = self.inpaint
         if p.source not in SOURCES:
             raise UserError(f"config key 'inpaint.source' must be one of {', '.join(SOURCES)}, "

@@ -67,6 +67,7 @@ class PersonConfig(RunConfig):
     person: PersonSection = field(default_factory=PersonSection)
 
     def validate(self) -> None:
+        super().validate()
         p = self.person
         if not 0.0 < p.test_fraction < 1.0:
             raise UserError(f"config key 'person.test_fraction' must be in (0, 1), "
