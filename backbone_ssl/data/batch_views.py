@@ -138,32 +138,30 @@ def draw_params(recipe: ViewRecipe, height: int, width: int) -> torch.Tensor:
     Uses torch's global generator (seeded per sample by ``SeededDataset``) and torchvision's
     own samplers, so the crops and jitter factors follow the plain transform's distribution.
     """
-    p = torch.zeros(len(FIELDS))
-    top, left, h, w = T.RandomResizedCrop.get_params(
-        torch.empty(1, height, width), list(recipe.scale), list(recipe.ratio))
-    p[[COL["top"], COL["left"], COL["height"], COL["width"]]] = torch.tensor(
-        [top, left, h, w], dtype=torch.float32)
-    u = torch.rand(7)
-    p[COL["hflip"]] = float(u[0] < recipe.hflip)
-    p[COL["vflip"]] = float(u[1] < recipe.vflip)
+    p = dict.fromkeys(FIELDS, 0.0)  # python floats: one tensor at the end (cheap in a worker)
+    p["top"], p["left"], p["height"], p["width"] = map(float, T.RandomResizedCrop.get_params(
+        torch.empty(1, height, width), list(recipe.scale), list(recipe.ratio)))
+    u = torch.rand(7).tolist()
+    p["hflip"] = float(u[0] < recipe.hflip)
+    p["vflip"] = float(u[1] < recipe.vflip)
     if u[6] < recipe.rotate:
-        p[COL["rotate"]] = 1.0
-        p[COL["angle"]] = float(T.RandomRotation.get_params(list(recipe.degrees)))
+        p["rotate"] = 1.0
+        p["angle"] = float(T.RandomRotation.get_params(list(recipe.degrees)))
     if u[2] < recipe.jitter:
         order, b, c, s, hue = T.ColorJitter.get_params(
             *(list(r) if r else None for r in (recipe.brightness, recipe.contrast,
                                                 recipe.saturation, recipe.hue)))
-        p[COL["jitter"]] = 1.0
-        p[COL["o0"]:COL["o3"] + 1] = order.float()
+        p["jitter"] = 1.0
+        p["o0"], p["o1"], p["o2"], p["o3"] = map(float, order.tolist())
         for key, val, neutral in (("brightness", b, 1.0), ("contrast", c, 1.0),
                                   ("saturation", s, 1.0), ("hue", hue, 0.0)):
-            p[COL[key]] = neutral if val is None else float(val)
-    p[COL["gray"]] = float(u[3] < recipe.gray)
+            p[key] = neutral if val is None else float(val)
+    p["gray"] = float(u[3] < recipe.gray)
     if u[4] < recipe.blur:
-        p[COL["blur"]] = 1.0
-        p[COL["sigma"]] = float(torch.empty(1).uniform_(*recipe.sigmas))
-    p[COL["solarize"]] = float(u[5] < recipe.solarize)
-    return p
+        p["blur"] = 1.0
+        p["sigma"] = float(torch.empty(1).uniform_(*recipe.sigmas))
+    p["solarize"] = float(u[5] < recipe.solarize)
+    return torch.tensor([p[name] for name in FIELDS], dtype=torch.float32)
 
 
 # ---- rendering: [B,3,H,W] float in [0,1] ------------------------------------------------------
