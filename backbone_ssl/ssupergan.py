@@ -175,7 +175,8 @@ or, for the whole SSuperGAN model:
 
 ```python
 state = torch.load("ssupergan_embedder.pth", weights_only=True)["model_state_dict"]
-model.load_state_dict(state, strict=False)
+result = model.load_state_dict(state, strict=False)  # the rest of SSuperGAN is not in the file
+assert not result.unexpected_keys, result.unexpected_keys  # every embedder key found its place
 ```
 
 efficientnet_pytorch's "same" padding is fixed when the model is built: build it for the size you

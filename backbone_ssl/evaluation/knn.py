@@ -20,17 +20,11 @@ import faiss
 import numpy as np
 import torch
 
+from backbone_ssl.evaluation.normalize import l2_normalize
 from backbone_ssl.evaluation.screened import screened_search, use_screening
 
 #: Gallery rows normalised and added to the index at a time (64 MB of float32 at d=256).
 GALLERY_CHUNK = 65536
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``x`` ``[N, D]`` scaled to unit L2 norm; float32, C-contiguous ``[N, D]``."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, eps), dtype=np.float32)
 
 
 #: Index kinds accepted by :func:`knn_search`.

@@ -29,6 +29,8 @@ import faiss
 import numpy as np
 import torch
 
+from backbone_ssl.evaluation.normalize import l2_normalize
+
 log = logging.getLogger(__name__)
 
 #: Extra candidates kept per query beyond ``k`` (at least ``2k`` in all).
@@ -77,9 +79,8 @@ def merge_topk(values: torch.Tensor, index: torch.Tensor, more_values: torch.Ten
 
 
 def _normalize(x: np.ndarray) -> torch.Tensor:
-    """Rows of ``x`` ``[N, D]`` as unit-norm float32 (zero rows stay zero)."""
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    return torch.nn.functional.normalize(t, dim=1, eps=1e-12)
+    """Rows of ``x`` ``[N, D]`` as a unit-norm float32 tensor (:func:`l2_normalize`)."""
+    return torch.from_numpy(l2_normalize(x))
 
 
 def _bf16_gallery(gallery: np.ndarray) -> tuple[torch.Tensor, float]:
