@@ -277,8 +277,14 @@ def random_encoder(arch: str, input_size: int = 64, seed: int = 0) -> Encoder:
 def resolve_encoder(spec: str, *, input_size: int | None = None, seed: int = 0) -> Encoder:
     """``ENC`` on the command line: an encoder folder, a training checkpoint, or ``random:<arch>``.
 
-    ``input_size`` applies to ``random:`` encoders (default 64).
+    ``input_size`` applies to ``random:`` encoders (default 64) and to ``pixels`` (default 32);
+    ``pixels:S`` is the raw-pixel baseline at ``S`` px (:mod:`backbone_ssl.evaluation.pixels`).
     """
+    from backbone_ssl.evaluation.pixels import parse_pixels_spec, pixel_encoder
+
+    pixel_size = parse_pixels_spec(spec, input_size)
+    if pixel_size is not None:
+        return pixel_encoder(pixel_size)
     if spec.startswith("random:"):
         arch = spec.split(":", 1)[1]
         check_arch(arch)
@@ -294,7 +300,8 @@ def resolve_encoder(spec: str, *, input_size: int | None = None, seed: int = 0) 
             raise UserError(f"{path} has no {CONFIG_NAME} beside it; pass the encoder folder")
         return backbone_from_checkpoint(path)
     raise UserError(
-        f"encoder not found: {spec} (give an exported encoder folder, a .ckpt, or random:<arch>)"
+        f"encoder not found: {spec} (give an exported encoder folder, a .ckpt, random:<arch> "
+        "or pixels[:S])"
     )
 
 
