@@ -237,6 +237,36 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- cluster --------------------------------------------------------------------------------
+@registrar
+def _cluster(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cluster", help="cluster faces by character on a kNN graph")
+    p.add_argument("--encoder", required=True, help="encoder folder, checkpoint, random:<arch>, "
+                   "pixels[:S]")
+    p.add_argument("--data", required=True, help="face folder (golden prepare output / faces/, "
+                   "identity folders)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--method", help="rank_order | leiden | infomap | hdbscan | agglomerative | all")
+    p.add_argument("--group-by", choices=["book"], help="cluster each book's cast first")
+    p.add_argument("--export-identities", help="write clusters as identity folders here")
+    p.add_argument("--ground-truth", help="toy comics ground_truth.json (found beside the panels "
+                   "when not given)")
+    p.add_argument("--config", help="YAML config (default: configs/cluster.yaml)")
+    p.set_defaults(func=cmd_cluster, accepts_overrides=True)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from backbone_ssl.cluster.run import format_summary, run_cluster
+
+    report = run_cluster(args.encoder, args.data, args.out, method=args.method,
+                         group_by=args.group_by, export_dir=args.export_identities,
+                         ground_truth=args.ground_truth, config_file=args.config,
+                         overrides=args.overrides)
+    print(format_summary(report))
+    print(f"report: {Path(args.out) / 'report.json'}")
+    return 0
+
+
 # ---- downstream -----------------------------------------------------------------------------
 @registrar
 def _downstream(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,139 @@
+"""Clustering methods over the shared kNN graph; each returns labels ``[N]`` int64 (every face
+in exactly one cluster: noise points of HDBSCAN become singletons).
+
+- ``rank_order``: approximate rank-order (Otto et al. 2017), :mod:`.rank_order`;
+- ``leiden``: Leiden community detection (Traag, Waltman & van Eck, Sci. Rep. 2019) on the
+  similarity-weighted graph, ``leidenalg.RBConfigurationVertexPartition``;
+- ``infomap``: the map equation (Rosvall & Bergstrom, PNAS 2008), two-level, ``infomap``;
+- ``hdbscan``: HDBSCAN (Campello et al. 2013), scikit-learn, on the sparse cosine-distance kNN
+  graph (``metric="precomputed"``), so it never forms the ``N x N`` matrix;
+- ``agglomerative``: scikit-learn ``AgglomerativeClustering`` with the kNN graph as
+  connectivity and a distance threshold, run per connected component of that graph (scikit-learn
+  would otherwise join the components with ``O(C^2)`` work).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+from scipy.sparse.csgraph import connected_components
+
+from backbone_ssl.cluster.config import MethodsConfig
+from backbone_ssl.cluster.graph import KnnGraph
+from backbone_ssl.cluster.rank_order import rank_order_cluster
+from backbone_ssl.evaluation.normalize import l2_normalize
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered ``0..C-1`` by decreasing cluster size (ties: first appearance); a
+    negative label (noise) becomes its own singleton cluster."""
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    noise = labels < 0
+    if noise.any():
+        labels[noise] = labels.max(initial=-1) + 1 + np.arange(int(noise.sum()))
+    uniq, first, inverse, counts = np.unique(labels, return_index=True, return_inverse=True,
+                                             return_counts=True)
+    order = np.lexsort((first, -counts))
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[order] = np.arange(len(uniq))
+    return rank[inverse.reshape(-1)]
+
+
+def cluster_rank_order(feats: np.ndarray, graph: KnnGraph, cfg: MethodsConfig,
+                       seed: int) -> np.ndarray:
+    return rank_order_cluster(graph.idx, cfg.rank_order_threshold, cfg.rank_order_top or None)
+
+
+def cluster_leiden(feats: np.ndarray, graph: KnnGraph, cfg: MethodsConfig,
+                   seed: int) -> np.ndarray:
+    import igraph as ig
+    import leidenalg
+
+    a, b, s = graph.edges(cfg.min_sim)
+    g = ig.Graph(n=graph.n, edges=np.stack([a, b], axis=1).tolist(), directed=False)
+    part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition,
+                                    weights=s.astype(float).tolist(),
+                                    resolution_parameter=cfg.leiden_resolution, seed=seed)
+    return np.asarray(part.membership, dtype=np.int64)
+
+
+def cluster_infomap(feats: np.ndarray, graph: KnnGraph, cfg: MethodsConfig,
+                    seed: int) -> np.ndarray:
+    import infomap
+
+    a, b, s = graph.edges(cfg.min_sim)
+    im = infomap.Infomap(two_level=True, silent=True, num_trials=cfg.infomap_trials,
+                         seed=max(1, seed + 1))
+    im.add_nodes(range(graph.n))
+    for u, v, w in zip(a.tolist(), b.tolist(), s.tolist()):
+        im.add_link(u, v, max(w, 1e-6))
+    im.run()
+    modules = im.get_modules()
+    return np.asarray([modules.get(i, -1) for i in range(graph.n)], dtype=np.int64)
+
+
+def cluster_hdbscan(feats: np.ndarray, graph: KnnGraph, cfg: MethodsConfig,
+                    seed: int) -> np.ndarray:
+    from sklearn.cluster import HDBSCAN
+
+    dist = graph.adjacency(value="distance")
+    min_samples = cfg.hdbscan_min_samples or max(1, graph.k // 2)
+    model = HDBSCAN(metric="precomputed", min_cluster_size=max(2, cfg.hdbscan_min_cluster_size),
+                    min_samples=min(min_samples, graph.k), allow_single_cluster=False, copy=True)
+    with warnings.catch_warnings():  # inf MST edges between components of the kNN graph
+        warnings.simplefilter("ignore", UserWarning)
+        return np.asarray(model.fit_predict(dist), dtype=np.int64)
+
+
+def cluster_agglomerative(feats: np.ndarray, graph: KnnGraph, cfg: MethodsConfig,
+                          seed: int) -> np.ndarray:
+    from sklearn.cluster import AgglomerativeClustering
+
+    conn = graph.adjacency(value="ones")
+    n_comp, comp = connected_components(conn, directed=False)
+    x = l2_normalize(feats)
+    linkage = cfg.agglomerative_linkage
+    labels = np.full(graph.n, -1, dtype=np.int64)
+    order = np.argsort(comp, kind="stable")
+    bounds = np.flatnonzero(np.diff(comp[order])) + 1
+    next_label = 0
+    for members in np.split(order, bounds):
+        if len(members) < 2:
+            labels[members] = next_label
+            next_label += 1
+            continue
+        model = AgglomerativeClustering(
+            n_clusters=None, distance_threshold=cfg.agglomerative_distance, linkage=linkage,
+            metric="euclidean" if linkage == "ward" else "cosine",
+            connectivity=conn[members][:, members])
+        sub = model.fit_predict(x[members])
+        labels[members] = next_label + sub
+        next_label += int(sub.max()) + 1
+    return labels
+
+
+METHOD_FUNCS: dict[str, Callable[[np.ndarray, KnnGraph, MethodsConfig, int], np.ndarray]] = {
+    "rank_order": cluster_rank_order,
+    "leiden": cluster_leiden,
+    "infomap": cluster_infomap,
+    "hdbscan": cluster_hdbscan,
+    "agglomerative": cluster_agglomerative,
+}
+
+
+def run_method(name: str, feats: np.ndarray, graph: KnnGraph, cfg: MethodsConfig,
+               seed: int = 0) -> np.ndarray:
+    """Labels ``[N]`` of method ``name`` (see :data:`METHOD_FUNCS`), :func:`relabel`-ed."""
+    return relabel(METHOD_FUNCS[name](feats, graph, cfg, seed))
+
+
+def confidence(graph: KnnGraph, labels: np.ndarray) -> np.ndarray:
+    """Per face ``[N]`` float: similarity-weighted share of its ``k`` neighbours that sit in its
+    own cluster (0 for a face none of whose neighbours joined it)."""
+    idx = graph.idx
+    w = np.where(idx >= 0, np.clip(graph.sims, 0.0, None), 0.0).astype(np.float64)
+    same = (idx >= 0) & (labels[np.maximum(idx, 0)] == labels[:, None])
+    total = w.sum(axis=1)
+    return np.where(total > 0, (w * same).sum(axis=1) / np.maximum(total, 1e-12), 0.0)
