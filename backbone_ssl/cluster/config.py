@@ -38,6 +38,7 @@ class MethodsConfig:
     infomap_trials: int = 2
     hdbscan_min_cluster_size: int = 5
     hdbscan_min_samples: int = 0  # 0: graph.k // 2
+    hdbscan_attach_noise: bool = True  # noise faces join their nearest neighbour's cluster
     agglomerative_linkage: str = "average"  # average | complete | single | ward
     agglomerative_distance: float = 0.6  # cosine-distance cut (ward: euclidean on unit vectors)
 

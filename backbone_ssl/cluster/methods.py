@@ -74,44 +74,83 @@ def cluster_infomap(feats: np.ndarray, graph: KnnGraph, cfg: MethodsConfig,
     return np.asarray([modules.get(i, -1) for i in range(graph.n)], dtype=np.int64)
 
 
+def _components(graph: KnnGraph) -> list[np.ndarray]:
+    """Face indices of each connected component of the (symmetrised) kNN graph."""
+    _, comp = connected_components(graph.adjacency(value="ones"), directed=False)
+    order = np.argsort(comp, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(comp[order])) + 1)
+
+
+def _per_component(graph: KnnGraph, fit: Callable[[np.ndarray], np.ndarray],
+                   min_size: int = 2) -> np.ndarray:
+    """Run ``fit(members) -> labels (-1 noise)`` on each component of ``min_size`` faces or
+    more; smaller components are noise (``-1``). Labels are made unique across components."""
+    labels = np.full(graph.n, -1, dtype=np.int64)
+    next_label = 0
+    for members in _components(graph):
+        if len(members) < min_size:
+            continue
+        sub = np.asarray(fit(members), dtype=np.int64)
+        labels[members] = np.where(sub >= 0, sub + next_label, -1)
+        next_label += int(sub.max(initial=-1)) + 1
+    return labels
+
+
 def cluster_hdbscan(feats: np.ndarray, graph: KnnGraph, cfg: MethodsConfig,
                     seed: int) -> np.ndarray:
+    """Per connected component (scikit-learn refuses a disconnected sparse graph; a component
+    is already apart from the rest, so a single cluster is allowed inside it)."""
     from sklearn.cluster import HDBSCAN
 
     dist = graph.adjacency(value="distance")
-    min_samples = cfg.hdbscan_min_samples or max(1, graph.k // 2)
-    model = HDBSCAN(metric="precomputed", min_cluster_size=max(2, cfg.hdbscan_min_cluster_size),
-                    min_samples=min(min_samples, graph.k), allow_single_cluster=False, copy=True)
-    with warnings.catch_warnings():  # inf MST edges between components of the kNN graph
-        warnings.simplefilter("ignore", UserWarning)
-        return np.asarray(model.fit_predict(dist), dtype=np.int64)
+    min_size = max(2, cfg.hdbscan_min_cluster_size)
+    min_samples = min(cfg.hdbscan_min_samples or max(1, graph.k // 2), graph.k)
+
+    def fit(members: np.ndarray) -> np.ndarray:
+        model = HDBSCAN(metric="precomputed", min_cluster_size=min_size,
+                        min_samples=min(min_samples, len(members) - 1),
+                        allow_single_cluster=True, copy=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return model.fit_predict(dist[members][:, members])
+
+    labels = _per_component(graph, fit, min_size)
+    return attach_noise(graph, labels) if cfg.hdbscan_attach_noise else labels
+
+
+def attach_noise(graph: KnnGraph, labels: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """Noise faces (``-1``) join the cluster of their most similar non-noise kNN neighbour
+    (repeated ``rounds`` times, so chains of noise follow); faces with none stay noise."""
+    labels = labels.copy()
+    for _ in range(rounds):
+        noise = np.flatnonzero(labels < 0)
+        if not len(noise):
+            break
+        nb = graph.idx[noise]
+        nb_lab = np.where(nb >= 0, labels[np.maximum(nb, 0)], -1)
+        has = (nb_lab >= 0).any(axis=1)
+        first = (nb_lab >= 0).argmax(axis=1)
+        labels[noise[has]] = nb_lab[has, first[has]]
+    return labels
 
 
 def cluster_agglomerative(feats: np.ndarray, graph: KnnGraph, cfg: MethodsConfig,
                           seed: int) -> np.ndarray:
+    """Per connected component (scikit-learn would join components with ``O(C^2)`` work)."""
     from sklearn.cluster import AgglomerativeClustering
 
     conn = graph.adjacency(value="ones")
-    n_comp, comp = connected_components(conn, directed=False)
     x = l2_normalize(feats)
     linkage = cfg.agglomerative_linkage
-    labels = np.full(graph.n, -1, dtype=np.int64)
-    order = np.argsort(comp, kind="stable")
-    bounds = np.flatnonzero(np.diff(comp[order])) + 1
-    next_label = 0
-    for members in np.split(order, bounds):
-        if len(members) < 2:
-            labels[members] = next_label
-            next_label += 1
-            continue
+
+    def fit(members: np.ndarray) -> np.ndarray:
         model = AgglomerativeClustering(
             n_clusters=None, distance_threshold=cfg.agglomerative_distance, linkage=linkage,
             metric="euclidean" if linkage == "ward" else "cosine",
             connectivity=conn[members][:, members])
-        sub = model.fit_predict(x[members])
-        labels[members] = next_label + sub
-        next_label += int(sub.max()) + 1
-    return labels
+        return model.fit_predict(x[members])
+
+    return _per_component(graph, fit)
 
 
 METHOD_FUNCS: dict[str, Callable[[np.ndarray, KnnGraph, MethodsConfig, int], np.ndarray]] = {

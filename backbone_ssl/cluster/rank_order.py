@@ -49,7 +49,6 @@ def rank_order_distances(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     out_a, out_b, out_d = [], [], []
     for start in range(0, n, CHUNK):
         la = lists[start:start + CHUNK]  # [c, k+1]   O_a
-        c = la.shape[0]
         b = la[:, 1:]  # [c, k]     the neighbours b of a, O_a(b) = j + 1
         lb = lists[b]  # [c, k, k+1] O_b
         # d(a, b): faces of O_a up to b's rank that are missing from O_b
@@ -61,7 +60,7 @@ def rank_order_distances(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
         a_ids = la[:, :1, None]  # [c, 1, 1]
         at = lb == a_ids  # [c, k, k+1]
         found = at.any(axis=2)
-        rank_ba = np.where(found, at.argmax(axis=2), k + 1)  # O_b(a)
+        rank_ba = np.maximum(np.where(found, at.argmax(axis=2), k + 1), 1)  # O_b(a); b == a: masked
         cum_ba = np.cumsum(b_not_in_a, axis=2)
         d_ba = np.take_along_axis(cum_ba, np.minimum(rank_ba, k)[..., None], axis=2)[..., 0]
         dist = (d_ab + d_ba) / np.minimum(rank_ab[None, :], rank_ba)

@@ -27,8 +27,12 @@ from backbone_ssl.cluster.graph import KnnGraph, build_knn_graph
 from backbone_ssl.cluster.labels import find_ground_truth, golden_face_identities, resolve_faces
 from backbone_ssl.cluster.methods import confidence, relabel, run_method
 from backbone_ssl.cluster.scores import cluster_scores
-from backbone_ssl.cluster.sheets import cluster_sheets, confused_pairs, confused_sheet, \
-    size_histogram
+from backbone_ssl.cluster.sheets import (
+    cluster_sheets,
+    confused_pairs,
+    confused_sheet,
+    size_histogram,
+)
 from backbone_ssl.config import load_config, to_dict, to_yaml
 from backbone_ssl.errors import UserError
 from backbone_ssl.evaluation.knn import knn_search
