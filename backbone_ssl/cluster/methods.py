@@ -98,8 +98,10 @@ def _per_component(graph: KnnGraph, fit: Callable[[np.ndarray], np.ndarray],
 
 def cluster_hdbscan(feats: np.ndarray, graph: KnnGraph, cfg: MethodsConfig,
                     seed: int) -> np.ndarray:
-    """Per connected component (scikit-learn refuses a disconnected sparse graph; a component
-    is already apart from the rest, so a single cluster is allowed inside it)."""
+    """Per connected component (scikit-learn refuses a disconnected sparse graph). A component
+    in which HDBSCAN finds no cluster at all is one cluster: it is already apart from the rest
+    (``allow_single_cluster`` instead would let a large component of many identities collapse
+    into one: pairwise F 0.008 at 10k faces, benchmarks/bench_cluster.py)."""
     from sklearn.cluster import HDBSCAN
 
     dist = graph.adjacency(value="distance")
@@ -109,10 +111,11 @@ def cluster_hdbscan(feats: np.ndarray, graph: KnnGraph, cfg: MethodsConfig,
     def fit(members: np.ndarray) -> np.ndarray:
         model = HDBSCAN(metric="precomputed", min_cluster_size=min_size,
                         min_samples=min(min_samples, len(members) - 1),
-                        allow_single_cluster=True, copy=True)
+                        copy=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return model.fit_predict(dist[members][:, members])
+            sub = model.fit_predict(dist[members][:, members])
+        return np.zeros_like(sub) if (sub < 0).all() else sub
 
     labels = _per_component(graph, fit, min_size)
     return attach_noise(graph, labels) if cfg.hdbscan_attach_noise else labels
