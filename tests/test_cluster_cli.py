@@ -7,6 +7,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 from conftest import draw_identity_folder
 
@@ -124,3 +125,37 @@ def test_bad_inputs_one_line_exit_2(tmp_path, capsys):
     assert main(["cluster", "--encoder", "pixels", "--data", str(data), "--out", out,
                  "--group-by", "book", *FAST]) == 2
     assert "--group-by book needs" in _err_line(capsys)
+
+
+def test_export_replaces_only_its_own_earlier_faces(tmp_path):
+    from backbone_ssl.cluster.export import export_identities
+
+    src = draw_identity_folder(tmp_path / "ids", identities=2, per_identity=3)
+    paths = sorted(src.rglob("*.png"))
+    out = tmp_path / "pseudo"
+    conf = np.ones(len(paths))
+    export_identities(out, paths, np.array([0, 0, 0, 1, 1, 1]), conf, src)
+    (out / "cluster_000000" / "notes.txt").write_text("user file")
+    counts = export_identities(out, paths, np.array([2, 2, 3, 3, 3, 3]), conf, src)
+    assert counts == {"identities": 2, "faces": 6, "linked": 6, "copied": 0}
+    assert not (out / "cluster_000001").exists()
+    assert (out / "cluster_000000" / "notes.txt").read_text() == "user file"
+    assert sorted(p.name for p in (out / "cluster_000003").iterdir()) == [
+        "id_0__img_2.png", "id_1__img_0.png", "id_1__img_1.png", "id_1__img_2.png"]
+
+
+def test_golden_crop_order_traces_boxes_to_identities(tmp_path):
+    from PIL import Image
+
+    from backbone_ssl.cluster.labels import _panel_identities
+    from backbone_ssl.data.golden import PrepareArgs
+
+    panel = tmp_path / "0_0.jpg"
+    Image.new("RGB", (200, 100)).save(panel)
+    boxes = [[10, 10, 60, 60, 0.95, 7],      # kept, second most confident
+             [100, 10, 150, 60, 0.99, 3],    # kept, first
+             [100, 10, 150, 60, 0.99, 3],    # duplicate line: skipped by prepare
+             [150, 50, 230, 120, 0.97, 5],   # clipped to the panel (80 -> 50 x 50), kept
+             [0, 0, 20, 20, 0.99, 9],        # under min_face 32: skipped
+             [60, 40, 100, 90, 0.5, -1]]     # below min_conf: skipped
+    assert _panel_identities(boxes, panel, PrepareArgs()) == [3, 5, 7]

@@ -30,13 +30,35 @@ def check_export_dir(out: Path) -> None:
                         "`cluster --export-identities`; choose a new or empty folder")
 
 
+def _remove_previous(out: Path) -> int:
+    """Unlink the faces an earlier export listed in its manifest (and the folders that leaves
+    empty), so clusters of an earlier run do not mix with this one; returns how many."""
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        return 0
+    removed = 0
+    with open(manifest, newline="") as f:
+        for row in csv.DictReader(f):
+            folder, name = row.get("identity", ""), row.get("file", "")
+            if not folder or not name or "/" in folder + name or ".." in (folder, name):
+                continue
+            path = out / folder / name
+            if path.is_file():
+                path.unlink()
+                removed += 1
+            if (out / folder).is_dir() and not any((out / folder).iterdir()):
+                (out / folder).rmdir()
+    return removed
+
+
 def export_identities(out: str | os.PathLike, paths: list[Path], labels: np.ndarray,
                       conf: np.ndarray, faces_root: Path, min_size: int = 2) -> dict[str, int]:
     """Write clusters of at least ``min_size`` faces as identity folders; returns counts
-    (``identities``, ``faces``, ``linked``, ``copied``). Files already there from an earlier
-    export with the same name are replaced; nothing else is touched."""
+    (``identities``, ``faces``, ``linked``, ``copied``). The faces an earlier export listed in
+    its manifest are removed first; nothing else is touched."""
     out = Path(out)
     check_export_dir(out)
+    _remove_previous(out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = Counter(labels.tolist())
     counts = {"identities": 0, "faces": 0, "linked": 0, "copied": 0}
@@ -49,8 +71,6 @@ def export_identities(out: str | os.PathLike, paths: list[Path], labels: np.ndar
         folder = out / f"cluster_{lab:06d}"
         folder.mkdir(exist_ok=True)
         dst = folder / name
-        if dst.exists():
-            dst.unlink()
         try:
             os.link(path, dst)
             counts["linked"] += 1
