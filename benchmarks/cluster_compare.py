@@ -52,7 +52,7 @@ def main() -> None:
             data[split] = (feats, labels, build_knn_graph(feats, GraphConfig(k=args.k)))
         results[spec] = {}
         for method, (key, grid) in GRID.items():
-            def score(split: str, value, method=method, key=key):
+            def score(split: str, value, method=method, key=key, data=data):
                 feats, labels, graph = data[split]
                 lab = run_method(method, feats, graph, replace(base, **{key: value}))
                 return cluster_scores(labels, lab)
