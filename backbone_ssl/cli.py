@@ -256,6 +256,7 @@ def _cluster(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # bad input stays one line
     from backbone_ssl.cluster.run import format_summary, run_cluster
 
     report = run_cluster(args.encoder, args.data, args.out, method=args.method,
