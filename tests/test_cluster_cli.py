@@ -159,3 +159,17 @@ def test_golden_crop_order_traces_boxes_to_identities(tmp_path):
              [0, 0, 20, 20, 0.99, 9],        # under min_face 32: skipped
              [60, 40, 100, 90, 0.5, -1]]     # below min_conf: skipped
     assert _panel_identities(boxes, panel, PrepareArgs()) == [3, 5, 7]
+
+
+def test_bad_method_in_a_fresh_process_is_one_stderr_line(tmp_path):
+    import subprocess
+    import sys
+
+    data = draw_identity_folder(tmp_path / "ids", identities=3, per_identity=5)
+    proc = subprocess.run([sys.executable, "-m", "backbone_ssl.cli", "cluster", "--encoder",
+                           "pixels", "--data", str(data), "--out", str(tmp_path / "o"),
+                           "--method", "kmeans"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "backbone-ssl: error: unknown --method 'kmeans' (choose from rank_order, leiden, "
+        "infomap, hdbscan, agglomerative, all)"]
