@@ -25,10 +25,12 @@ from torch.utils.data import DataLoader, Subset
 
 from backbone_ssl.data.golden_datasets import PanelSequences
 from backbone_ssl.errors import UserError
-from backbone_ssl.methods.gan_losses import generator_loss
+from backbone_ssl.nn.critics import ConvDiscriminator
+from backbone_ssl.nn.gan_losses import generator_loss
+from backbone_ssl.nn.training import critic_loss
 from downstream.config import ClozeConfig
 from downstream.encoder import EncoderInput, encoder_info, load_task_encoder, reference_features
-from downstream.gan import ConvDiscriminator, DCGANGenerator, critic_loss
+from downstream.gan import DCGANGenerator
 from downstream.metrics import fd_enc, image_quality
 from downstream.runs import (
     FD_ENC_NOTE,

@@ -19,11 +19,11 @@ from typing import Any, Optional
 
 from backbone_ssl.config import check_choice, check_positive
 from backbone_ssl.errors import UserError
-from backbone_ssl.methods.gan_losses import GAN_LOSSES
+from backbone_ssl.nn.gan_losses import GAN_LOSSES
 
 TASKS = ("cloze", "siamese", "gan")
 SEQUENCE_MODES = ("concat", "lstm", "bilstm")
-GAN_LOSS_NAMES = GAN_LOSSES  # nonsaturating | hinge | wgan-gp (backbone_ssl.methods.gan_losses)
+GAN_LOSS_NAMES = GAN_LOSSES  # nonsaturating | hinge | wgan-gp (backbone_ssl.nn.gan_losses)
 SPLITS = ("identity", "image")
 
 

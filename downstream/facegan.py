@@ -20,15 +20,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from backbone_ssl.data.datasets import ImageFolderDataset, resolve_image_root, scan_decodable
-from backbone_ssl.methods.gan_losses import generator_loss
+from backbone_ssl.nn.critics import ConvDiscriminator
+from backbone_ssl.nn.gan_losses import generator_loss
+from backbone_ssl.nn.training import critic_loss
 from downstream.config import GanConfig
 from downstream.encoder import EncoderInput, encoder_info, load_task_encoder, reference_features
-from downstream.gan import (
-    ConvDiscriminator,
-    DCGANGenerator,
-    EncoderFeatureDiscriminator,
-    critic_loss,
-)
+from downstream.gan import DCGANGenerator, EncoderFeatureDiscriminator
 from downstream.metrics import encode_batches, frechet_distance
 from downstream.runs import (
     FD_ENC_NOTE,

@@ -3,11 +3,10 @@ discriminators, a discriminator on frozen encoder features, and the per-critic l
 
 DCGAN: Radford et al., "Unsupervised Representation Learning with Deep Convolutional GANs", 2016.
 Global + local discriminators: Iizuka et al., "Globally and Locally Consistent Image Completion",
-2017 (as SSuperGAN uses them). The conv discriminators and the adversarial losses
-(non-saturating, hinge, WGAN-GP with its gradient penalty) are the pretraining package's
-(:mod:`backbone_ssl.methods.discriminators`, :mod:`backbone_ssl.methods.gan_losses`), shared
-rather than duplicated; the discriminators have no normalisation, so WGAN-GP's per-sample penalty
-holds.
+2017 (as SSuperGAN uses them). The conv discriminators, the adversarial losses (non-saturating,
+hinge, WGAN-GP with its gradient penalty), DiffAugment and the step helpers live in
+:mod:`backbone_ssl.nn`, shared with pretraining rather than duplicated; the discriminators have no
+normalisation, so WGAN-GP's per-sample penalty holds.
 
 Images are ``[B,3,S,S]`` in [-1, 1] (the generator ends in ``tanh``).
 """
@@ -15,16 +14,11 @@ Images are ``[B,3,S,S]`` in [-1, 1] (the generator ends in ``tanh``).
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from backbone_ssl.methods.discriminators import ConvDiscriminator
-from backbone_ssl.methods.gan_losses import GAN_LOSSES, discriminator_loss, gradient_penalty
-
-__all__ = ["DCGANGenerator", "ConvDiscriminator", "EncoderFeatureDiscriminator", "GAN_LOSSES",
-           "critic_loss", "dcgan_init"]
+__all__ = ["DCGANGenerator", "EncoderFeatureDiscriminator", "dcgan_init"]
 
 
 def _log2_steps(size: int, base: int = 4) -> int:
@@ -89,14 +83,3 @@ class EncoderFeatureDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)).flatten()
-
-
-def critic_loss(kind: str, critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
-                fake: torch.Tensor, gp_weight: float = 10.0) -> torch.Tensor:
-    """One critic's full loss: the adversarial term of ``kind`` on ``real`` and (detached)
-    ``fake``, plus ``gp_weight`` x the gradient penalty for ``wgan-gp``."""
-    fake = fake.detach()
-    loss = discriminator_loss(kind, critic(real), critic(fake))
-    if kind == "wgan-gp":
-        loss = loss + gp_weight * gradient_penalty(critic, real, fake)
-    return loss

@@ -12,9 +12,10 @@ from conftest import draw_identity_folder
 from backbone_ssl.backbones import create_backbone
 from backbone_ssl.cli import main
 from backbone_ssl.export import export_encoder, resolve_encoder
+from backbone_ssl.nn.training import critic_loss
 from downstream import run_downstream
 from downstream.encoder import EncoderInput
-from downstream.gan import DCGANGenerator, EncoderFeatureDiscriminator, critic_loss
+from downstream.gan import DCGANGenerator, EncoderFeatureDiscriminator
 
 FAST = ["trainer.max_steps=3", "trainer.enable_progress_bar=false", "data.image_size=32",
         "data.batch_size=8", "model.latent_dim=16", "model.gen_channels=8",

@@ -14,18 +14,18 @@ from backbone_ssl.cli import main
 from backbone_ssl.config import load_config
 from backbone_ssl.errors import UserError
 from backbone_ssl.export import load_encoder_bundle, read_checkpoint
-from backbone_ssl.methods.discriminators import ConvDiscriminator, crop_boxes
-from backbone_ssl.methods.gan_losses import (
-    discriminator_loss,
-    generator_loss,
-    gradient_penalty,
-)
 from backbone_ssl.methods.inpaint import (
     Inpaint,
     InpaintConfig,
     completion_metrics,
     hole_psnr,
     mean_fill,
+)
+from backbone_ssl.nn.critics import ConvDiscriminator, crop_boxes
+from backbone_ssl.nn.gan_losses import (
+    discriminator_loss,
+    generator_loss,
+    gradient_penalty,
 )
 
 FAST = ["trainer.enable_progress_bar=false", "data.num_workers=0", "model.arch=resnet10t",

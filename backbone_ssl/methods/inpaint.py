@@ -69,15 +69,15 @@ from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.errors import UserError
 from backbone_ssl.io import atomic_path, open_rgb
 from backbone_ssl.methods.base import SSLMethod
-from backbone_ssl.methods.discriminators import ConvDiscriminator, crop_boxes
-from backbone_ssl.methods.gan_losses import (
+from backbone_ssl.methods.masks import MaskGenerator, fit_box, mask_boxes
+from backbone_ssl.methods.support import check_finite, plots_dir, should_validate, split_indices
+from backbone_ssl.nn.critics import ConvDiscriminator, crop_boxes
+from backbone_ssl.nn.gan_losses import (
     check_gan_loss,
     discriminator_loss,
     generator_loss,
     gradient_penalty,
 )
-from backbone_ssl.methods.masks import MaskGenerator, fit_box, mask_boxes
-from backbone_ssl.methods.support import check_finite, plots_dir, should_validate, split_indices
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
-"""Global and local discriminators for inpainting (Iizuka et al., 2017, "Globally and Locally
-Consistent Image Completion"; Li et al., 2017, "Generative Face Completion").
+"""Critics (discriminators) shared by pretraining and downstream.
 
-Both are small DCGAN-style critics (Radford et al., 2015): strided 4x4 convolutions with
-LeakyReLU and no normalisation (so they suit every loss in :mod:`gan_losses`, WGAN-GP included,
-whose penalty is per sample), then a linear layer to one score per image. The global one sees the
-whole completed image, the local one the hole's bounding box cropped and resized to a fixed size
+Global and local critics for inpainting (Iizuka et al., 2017, "Globally and Locally Consistent
+Image Completion"; Li et al., 2017, "Generative Face Completion"): small DCGAN-style critics
+(Radford et al., 2015), strided 4x4 convolutions with LeakyReLU and no normalisation (so they
+suit every loss in :mod:`backbone_ssl.nn.gan_losses`, WGAN-GP included, whose penalty is per
+sample), then a linear layer to one score per image. The global one sees the whole completed
+image, the local one the hole's bounding box cropped and resized to a fixed size
 (:func:`crop_boxes`, differentiable ``roi_align``).
 """
 

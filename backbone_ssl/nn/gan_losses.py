@@ -1,4 +1,4 @@
-"""Adversarial losses, selectable by name, and the WGAN-GP gradient penalty.
+"""Adversarial losses, selectable by name, the WGAN-GP gradient penalty and the R1 penalty.
 
 All functions take raw discriminator outputs (logits / critic scores) of any shape and return a
 scalar. ``kind`` is one of :data:`GAN_LOSSES`:
@@ -10,8 +10,11 @@ scalar. ``kind`` is one of :data:`GAN_LOSSES`:
 - ``wgan-gp``: Gulrajani et al., 2017 (https://arxiv.org/abs/1704.00028); D (critic):
   ``fake - real`` plus ``gp_weight`` x :func:`gradient_penalty`, G: ``-fake``.
 
-Generic on purpose (no model code here) so that other GAN code (``downstream/gan.py``) can
-import it.
+Regularisers: :func:`gradient_penalty` (WGAN-GP, on real/fake interpolates) and
+:func:`r1_penalty` (Mescheder et al., 2018, https://arxiv.org/abs/1801.04406, on real data).
+
+Generic on purpose (no model code here): pretraining (``methods/inpaint.py``) and every
+``downstream`` GAN import it from here.
 """
 
 from __future__ import annotations
@@ -67,3 +70,19 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
     (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
     norms = grad.reshape(grad.shape[0], -1).norm(2, dim=1)
     return ((norms - 1.0) ** 2).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """R1 penalty ``E_x[||grad_x D(x)||_2^2]`` on real data (Mescheder et al., 2018).
+
+    ``real_logits``: ``[B]`` (or ``[B,...]``, summed) critic outputs computed *from*
+    ``real_images`` ``[B,...]``, which must require grad (set ``real.requires_grad_(True)``
+    before the critic's forward; DiffAugment in between is fine, it is differentiable). Returns
+    the batch mean of the squared gradient norms; the graph is kept so it trains the critic.
+    Multiply by ``gamma / 2`` as in the paper.
+    """
+    if not real_images.requires_grad:
+        raise ValueError("r1_penalty: real_images must require grad (call "
+                         "real.requires_grad_(True) before the critic's forward)")
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
