@@ -278,7 +278,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="backbone-ssl", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"backbone-ssl {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging and every library warning (quiet by default)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for register in REGISTRARS:
         register(sub)
@@ -296,6 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.overrides = overrides
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        from backbone_ssl.quiet import install_quiet_filters
+
+        install_quiet_filters()
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
