@@ -69,7 +69,8 @@ def prepare_out_dir(path: str | os.PathLike, command: str, *, force: bool = Fals
     - is a non-empty folder that is not an earlier output of the same ``command`` (its marker file
       :data:`MARKER_NAME` names another command, or there is none). For ``command == "export"``
       an earlier output is a folder holding only an export's own files (:func:`is_export_folder`),
-      and replacing it also needs ``force=True`` (``export --force``);
+      and replacing it also needs ``force=True`` (``export --force``; likewise for any command
+      named ``export ...``, e.g. ``export ssupergan``);
     - is one of ``sources`` (the inputs: checkpoint, data, encoder, ...) or any folder above one
       (e.g. ``export RUN/checkpoints/last.ckpt --out RUN``);
     - cannot be created (unwritable, a file in the way).
@@ -113,6 +114,10 @@ def prepare_out_dir(path: str | os.PathLike, command: str, *, force: bool = Fals
                     raise UserError(
                         f"{command}: --out {out} is a non-empty folder and {what}; refusing to "
                         "write into it (choose a new or empty folder)")
+                if command.startswith("export") and not force:
+                    raise UserError(
+                        f"{command}: --out {out} already holds an earlier export; pass --force "
+                        "to replace it, or choose a new folder")
     try:
         if not mark:
             out.parent.mkdir(parents=True, exist_ok=True)
