@@ -150,12 +150,13 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise UserError(
-                f"bad override '{item}': expected key=value, e.g. trainer.max_steps=100"
+                f"bad override {item!r}: expected key=value, e.g. trainer.max_steps=100"
             )
     try:
         return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
-        raise UserError(f"bad override list {list(overrides)}: {exc}") from None
+    except Exception as exc:  # OmegaConf and yaml errors (e.g. control characters in a value)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"bad override list {list(overrides)}: {first}") from None
 
 
 def default_config_file(name: str) -> Path | None:
@@ -201,7 +202,12 @@ def load_config(
             cfg = _merge(cfg, nested, "command line")
     if overrides:
         cfg = _merge(cfg, parse_overrides(overrides), "overrides")
-    obj = OmegaConf.to_object(cfg)
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:  # e.g. an interpolation ${...} naming no key
+        key = _full_key(exc)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"bad value for config key '{key}': {first}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()
@@ -293,7 +299,7 @@ def validate_shared(cfg: "RunConfig") -> None:
     check_range(d.num_workers, "data.num_workers", 0)
     check_range(d.val_every_n_epochs, "data.val_every_n_epochs", 1)
     check_range(d.max_images, "data.max_images", 1, allow=(None,))
-    check_range(o.lr, "optim.lr", 0, low_open=True)
+    check_range(o.lr, "optim.lr", 0)  # 0 is allowed: a frozen-weights check
     check_range(o.weight_decay, "optim.weight_decay", 0)
     check_range(o.momentum, "optim.momentum", 0, 1, high_open=True)
     check_range(o.warmup_fraction, "optim.warmup_fraction", 0, 1, high_open=True)
