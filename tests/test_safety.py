@@ -387,7 +387,7 @@ def test_step_progress_bar_counts_max_steps():
     from backbone_ssl.progress import StepProgressBar
 
     class Bar:
-        total, n = 7, 0
+        total, n, disable = 7, 0, False
 
         def reset(self, total):
             self.total = total
@@ -470,3 +470,18 @@ def test_user_error_in_a_dataloader_worker_is_still_one_line(tmp_path, capsys):
     assert main(["pretrain", "byol", "--data", str(tmp_path / "bad"), "--out",
                  str(tmp_path / "run"), *fast, "data.num_workers=1"]) == 2
     one_error_line(capsys, "no decodable image")
+
+
+def test_embedding_shows_progress(tmp_path, capsys):
+    from backbone_ssl.evaluation.features import extract_features, load_image_folder
+    from backbone_ssl.export import random_encoder
+
+    data = draw_identity_folder(tmp_path / "d", identities=2, per_identity=3)
+    dataset, _ = load_image_folder(data)
+    from backbone_ssl.data.transforms import eval_transform
+
+    dataset.transform = eval_transform(32)
+    feats = extract_features(random_encoder("resnet10t", 32), dataset, batch_size=2,
+                             progress=True)
+    assert feats.shape[0] == 6
+    assert "embedding 6 images" in capsys.readouterr().err
