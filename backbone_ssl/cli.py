@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from backbone_ssl import __version__
 from backbone_ssl.errors import UserError
-from backbone_ssl.outdir import prepare_out_dir
+from backbone_ssl.outdir import mark_out_dir, prepare_out_dir
 
 log = logging.getLogger("backbone_ssl")
 
@@ -218,8 +218,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "ssupergan":
         from backbone_ssl.ssupergan import export_ssupergan
 
-        prepare_out_dir(args.out, "export ssupergan", force=args.force, sources=[args.checkpoint])
+        prepare_out_dir(args.out, "export ssupergan", force=args.force, sources=[args.checkpoint],
+                        mark=False)
         out = export_ssupergan(args.checkpoint, args.out)
+        mark_out_dir(out, "export ssupergan")
     else:
         prepare_out_dir(args.out, "export", force=args.force, sources=[args.checkpoint],
                         mark=False)

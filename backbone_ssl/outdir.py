@@ -76,8 +76,9 @@ def prepare_out_dir(path: str | os.PathLike, command: str, *, force: bool = Fals
     - cannot be created (unwritable, a file in the way).
 
     Otherwise the folder is created and, when ``mark`` is true, the marker file is written, so a
-    later run of the same command may write there again. ``mark=False`` (export) leaves the folder
-    untouched and does not create it: the caller writes it atomically.
+    later run of the same command may write there again. ``mark=False`` only checks (and that the
+    parent is writable): the caller writes the folder atomically (``export``) or calls
+    :func:`mark_out_dir` once it has succeeded (``export ssupergan``).
     """
     if path is None or str(path) == "":
         raise UserError(f"{command}: --out needs a folder path")
@@ -118,17 +119,32 @@ def prepare_out_dir(path: str | os.PathLike, command: str, *, force: bool = Fals
                     raise UserError(
                         f"{command}: --out {out} already holds an earlier export; pass --force "
                         "to replace it, or choose a new folder")
+    if mark:
+        return mark_out_dir(out, command)
     try:
-        if not mark:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if not os.access(out.parent, os.W_OK):
-                raise PermissionError(13, "permission denied")
-            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise UserError(f"{command}: cannot write to --out {out}: "
+                        f"{exc.strerror or type(exc).__name__}") from None
+    return out
+
+
+def mark_out_dir(path: str | os.PathLike, command: str) -> Path:
+    """Create ``path`` (if needed) and write its marker naming ``command``; returns the Path.
+
+    :func:`prepare_out_dir` does this itself unless ``mark=False``; a command that must leave no
+    folder behind when it fails later calls ``prepare_out_dir(..., mark=False)`` first and this
+    once it has succeeded.
+    """
+    out = Path(path).expanduser()
+    try:
         out.mkdir(parents=True, exist_ok=True)
-        marker = out / MARKER_NAME
         if output_command(out) != command:
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            marker.write_text(json.dumps({"command": command, "created": stamp}) + "\n")
+            (out / MARKER_NAME).write_text(
+                json.dumps({"command": command, "created": stamp}) + "\n")
     except OSError as exc:
         raise UserError(f"{command}: cannot write to --out {out}: "
                         f"{exc.strerror or type(exc).__name__}") from None
