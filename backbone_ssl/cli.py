@@ -177,9 +177,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--nprobe must be >= 1 (got {args.nprobe})")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1 (got {args.batch_size})")
-    prepare_out_dir(args.out, "eval",
+    prepare_out_dir(args.out, "eval", mark=False,
                     sources=[args.encoder, args.train, args.test, args.icartoonface])
     encoder = resolve_encoder(args.encoder)
+    mark_out_dir(args.out, "eval")  # only once the encoder loaded: no empty folder on a typo
     baseline = None
     if args.baseline:
         baseline = resolve_encoder(f"random:{encoder.arch}", input_size=encoder.input_size,

@@ -485,3 +485,11 @@ def test_embedding_shows_progress(tmp_path, capsys):
                              progress=True)
     assert feats.shape[0] == 6
     assert "embedding 6 images" in capsys.readouterr().err
+
+
+def test_failed_eval_leaves_no_out_folder(tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["eval", "--encoder", str(tmp_path / "nope"), "--train", str(tmp_path),
+                 "--test", str(tmp_path), "--out", str(out)]) == 2
+    one_error_line(capsys, "encoder not found")
+    assert not out.exists()
