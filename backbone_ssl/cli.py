@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from backbone_ssl import __version__
 from backbone_ssl.errors import UserError
+from backbone_ssl.outdir import mark_out_dir, prepare_out_dir
 
 log = logging.getLogger("backbone_ssl")
 
@@ -62,6 +63,7 @@ def cmd_toy_faces(args: argparse.Namespace) -> int:
     for name in ("identities", "per_identity", "size"):
         if getattr(args, name) < (2 if name != "size" else 16):
             raise UserError(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
+    prepare_out_dir(args.out, "toy faces")
     t0 = time.perf_counter()
     summary = write_toy_faces(args.out, identities=args.identities,
                               per_identity=args.per_identity, size=args.size, seed=args.seed)
@@ -75,6 +77,7 @@ def cmd_toy_comics(args: argparse.Namespace) -> int:
 
     if args.books < 1 or args.pages < 1:
         raise UserError(f"--books and --pages must be >= 1 (got {args.books}, {args.pages})")
+    prepare_out_dir(args.out, "toy comics")
     t0 = time.perf_counter()
     summary = write_toy_comics(args.out, books=args.books, pages=args.pages, seed=args.seed)
     print(f"wrote toy comics to {args.out} in {time.perf_counter() - t0:.1f}s: "
@@ -102,10 +105,12 @@ def _golden(sub: argparse._SubParsersAction) -> None:
 def cmd_golden_prepare(args: argparse.Namespace) -> int:
     from backbone_ssl.data.golden import prepare, summary_line
 
+    prepare_out_dir(args.out, "golden prepare", sources=[args.panels, args.annotations])
     stats = prepare(args.panels, args.annotations, args.out, min_conf=args.min_conf,
                     min_face=args.min_face, window=args.window, face_size=args.face_size,
                     workers=args.workers)
     print(summary_line(stats))
+    print(f"prepared: {args.out} (sequences.json, faces/, stats.json)")
     return 0
 
 
@@ -170,7 +175,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--k must be >= 1 and --t > 0 (got k={args.k}, t={args.t})")
     if args.nprobe is not None and args.nprobe < 1:
         raise UserError(f"--nprobe must be >= 1 (got {args.nprobe})")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    prepare_out_dir(args.out, "eval", mark=False,
+                    sources=[args.encoder, args.train, args.test, args.icartoonface])
     encoder = resolve_encoder(args.encoder)
+    mark_out_dir(args.out, "eval")  # only once the encoder loaded: no empty folder on a typo
     baseline = None
     if args.baseline:
         baseline = resolve_encoder(f"random:{encoder.arch}", input_size=encoder.input_size,
@@ -197,6 +207,9 @@ def _export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=["timm", "ssupergan"], default="timm")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier export at --out (only a folder holding exactly an "
+                        "export's own files)")
     p.set_defaults(func=cmd_export)
 
 
@@ -206,8 +219,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "ssupergan":
         from backbone_ssl.ssupergan import export_ssupergan
 
+        prepare_out_dir(args.out, "export ssupergan", force=args.force, sources=[args.checkpoint],
+                        mark=False)
         out = export_ssupergan(args.checkpoint, args.out)
+        mark_out_dir(out, "export ssupergan")
     else:
+        prepare_out_dir(args.out, "export", force=args.force, sources=[args.checkpoint],
+                        mark=False)
         out = export.export_checkpoint(args.checkpoint, args.out)
     print(f"exported {args.format} encoder to {out}")
     return 0
@@ -231,9 +249,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if args.trials < 1:
         raise UserError(f"--trials must be >= 1, got {args.trials}")
+    prepare_out_dir(args.out, "search", sources=[args.data, args.space])
     summary = run_search(args.method, trials=args.trials, sampler=args.sampler, space=args.space,
                          data=args.data, out=args.out, overrides=args.overrides)
     print(summary.get("summary", summary))
+    print(f"search outputs: {args.out} (study.db, trial_*/, best.yaml)")
     return 0
 
 
@@ -283,9 +303,11 @@ def cmd_downstream(args: argparse.Namespace) -> int:
     from downstream import run_downstream
 
     out = args.out or str(Path("runs") / f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    prepare_out_dir(out, f"downstream {args.task}", sources=[args.encoder, args.data])
     run_downstream(args.task, encoder=args.encoder, data=args.data, out=out,
                    overrides=args.overrides)
     print((Path(out) / "report.md").read_text())
+    print(f"report: {Path(out) / 'report.md'} (report.json, plots/)")
     return 0
 
 
@@ -300,8 +322,10 @@ def _demo(sub: argparse._SubParsersAction) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from backbone_ssl.demo import run_demo
 
+    prepare_out_dir(args.out, "demo")
     report_md = run_demo(args.out, overrides=args.overrides)
     print(report_md)
+    print(f"demo outputs: {args.out} (report.md, dino/, eval/, toy_faces/)")
     return 0
 
 
@@ -309,11 +333,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="backbone-ssl", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"backbone-ssl {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging and every library warning (quiet by default)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for register in REGISTRARS:
         register(sub)
     return parser
+
+
+def user_error_from_worker(exc: BaseException) -> str | None:
+    """The message of a UserError raised in a DataLoader worker process (torch re-raises it
+    wrapped, with the worker's traceback in the text), or None."""
+    text = str(exc)
+    if "Caught UserError" not in text:
+        return None
+    for line in reversed(text.strip().splitlines()):
+        if "UserError: " in line:
+            return line.split("UserError: ", 1)[1].strip()
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -327,16 +364,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.overrides = overrides
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        from backbone_ssl.quiet import install_quiet_filters
+
+        install_quiet_filters()
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"backbone-ssl: error: {exc}", file=sys.stderr)
+        print(f"backbone-ssl: error: {user_error_from_worker(exc) or exc}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("backbone-ssl: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         from backbone_ssl.methods.base import NonFiniteLossError
+
+        worker_line = user_error_from_worker(exc)
+        if worker_line and not args.verbose:
+            print(f"backbone-ssl: error: {worker_line}", file=sys.stderr)
+            return UserError.exit_code
 
         if isinstance(exc, NonFiniteLossError) and not args.verbose:
             print(f"backbone-ssl: error: {exc}", file=sys.stderr)

@@ -96,6 +96,7 @@ class RunConfig:
         override this call it first)."""
         check_choice(self.optim.name, ("adamw", "sgd"), "optim.name")
         check_choice(self.optim.lr_scaling, ("none", "linear", "sqrt"), "optim.lr_scaling")
+        validate_shared(self)
 
 
 C = TypeVar("C")
@@ -149,12 +150,13 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise UserError(
-                f"bad override '{item}': expected key=value, e.g. trainer.max_steps=100"
+                f"bad override {item!r}: expected key=value, e.g. trainer.max_steps=100"
             )
     try:
         return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
-        raise UserError(f"bad override list {list(overrides)}: {exc}") from None
+    except Exception as exc:  # OmegaConf and yaml errors (e.g. control characters in a value)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"bad override list {list(overrides)}: {first}") from None
 
 
 def default_config_file(name: str) -> Path | None:
@@ -185,6 +187,9 @@ def load_config(
         except Exception as exc:  # yaml parse errors come in many types
             first = str(exc).splitlines()[0]
             raise UserError(f"cannot parse config file {path}: {first}") from None
+        if not isinstance(loaded, DictConfig):
+            raise UserError(f"config file {path} must be a mapping of sections (data:, model:, "
+                            f"optim:, trainer:, ...), not a list")
         cfg = _merge(cfg, loaded, str(path))
     for dotted, value in set_keys.items():
         if value is not None:
@@ -197,7 +202,12 @@ def load_config(
             cfg = _merge(cfg, nested, "command line")
     if overrides:
         cfg = _merge(cfg, parse_overrides(overrides), "overrides")
-    obj = OmegaConf.to_object(cfg)
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:  # e.g. an interpolation ${...} naming no key
+        key = _full_key(exc)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"bad value for config key '{key}': {first}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()
@@ -218,6 +228,93 @@ def check_choice(value: str, allowed: Sequence[str], key: str) -> None:
     """Raise a UserError naming ``key`` and the allowed values unless ``value in allowed``."""
     if value not in allowed:
         raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}, got '{value}'")
+
+
+def check_range(value: Any, key: str, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False, high_open: bool = False,
+                allow: Sequence[Any] = ()) -> None:
+    """Raise a UserError naming ``key`` unless ``low <= value <= high`` (or open ends), or
+    ``value in allow`` (e.g. ``None`` or ``-1`` meaning "unbounded")."""
+    if value in allow:
+        return
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+        rule = " and ".join(x for x in (lo, hi) if x)
+        extra = f" (or {', '.join(repr(a) for a in allow)})" if allow else ""
+        raise UserError(f"config key '{key}' must be {rule}{extra}, got {value!r}")
+
+
+#: Lightning's precision names (``trainer.precision``) plus ``auto``.
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true",
+              "bf16-true", "64-true", "64", "transformer-engine", "transformer-engine-float16")
+#: Lightning's accelerator names (``trainer.accelerator``).
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+def _visible_devices(accelerator: str) -> int | None:
+    """How many devices of ``accelerator`` this machine has (None: not checked)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda"):
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if accelerator == "mps":
+        return 1 if torch.backends.mps.is_available() else 0
+    return None
+
+
+def check_trainer_devices(accelerator: str, devices: Any) -> None:
+    """``trainer.accelerator`` / ``trainer.devices``: valid names, and the devices exist here."""
+    check_choice(str(accelerator), ACCELERATORS, "trainer.accelerator")
+    if isinstance(devices, str) and devices != "auto":
+        try:
+            devices = int(devices)
+        except ValueError:
+            raise UserError(f"config key 'trainer.devices' must be an int, a list of device ids "
+                            f"or 'auto', got '{devices}'") from None
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        check_range(devices, "trainer.devices", 1, allow=(-1,))
+    have = _visible_devices(str(accelerator))
+    if have is None:
+        return
+    if have == 0:
+        raise UserError(f"config key 'trainer.accelerator={accelerator}': no {accelerator} "
+                        "device on this machine (use trainer.accelerator=cpu or auto)")
+    wanted = len(devices) if isinstance(devices, list) else devices
+    if isinstance(wanted, int) and wanted > have:
+        raise UserError(f"config key 'trainer.devices={devices}': this machine has only {have} "
+                        f"{accelerator} device(s)")
+
+
+def validate_shared(cfg: "RunConfig") -> None:
+    """Ranges and choices of the shared sections, checked at load (before any data is read)."""
+    d, o, t = cfg.data, cfg.optim, cfg.trainer
+    check_range(d.batch_size, "data.batch_size", 1)
+    check_range(d.image_size, "data.image_size", 8)
+    check_range(d.num_workers, "data.num_workers", 0)
+    check_range(d.val_every_n_epochs, "data.val_every_n_epochs", 1)
+    check_range(d.max_images, "data.max_images", 1, allow=(None,))
+    check_range(o.lr, "optim.lr", 0)  # 0 is allowed: a frozen-weights check
+    check_range(o.weight_decay, "optim.weight_decay", 0)
+    check_range(o.momentum, "optim.momentum", 0, 1, high_open=True)
+    check_range(o.warmup_fraction, "optim.warmup_fraction", 0, 1, high_open=True)
+    check_range(o.min_lr_fraction, "optim.min_lr_fraction", 0, 1)
+    check_range(t.max_epochs, "trainer.max_epochs", 1, allow=(-1,))
+    # max_steps=0 would export an untrained encoder labelled with the method
+    check_range(t.max_steps, "trainer.max_steps", 1, allow=(-1,))
+    check_range(t.num_nodes, "trainer.num_nodes", 1)
+    check_range(t.log_every_n_steps, "trainer.log_every_n_steps", 1)
+    check_range(t.checkpoint_every_n_steps, "trainer.checkpoint_every_n_steps", 1)
+    check_range(t.gradient_clip_val, "trainer.gradient_clip_val", 0, allow=(None,))
+    check_range(t.limit_train_batches, "trainer.limit_train_batches", 0, low_open=True,
+                allow=(None,))
+    check_choice(str(t.precision), PRECISIONS, "trainer.precision")
+    check_trainer_devices(str(t.accelerator), t.devices)
 
 
 def check_positive(value: float, key: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ from backbone_ssl import __version__
 from backbone_ssl.backbones import check_arch, create_backbone
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.errors import UserError
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -129,11 +132,21 @@ def export_encoder(
             "sha256": sha256_file(tmp / WEIGHTS_NAME),
         }
         cfg_path.write_text(json.dumps(config, indent=2) + "\n")
+        _share_modes(tmp)
         _replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _share_modes(folder: Path) -> None:
+    """mkdtemp makes 0700 folders: give the export the usual umask modes (0755 / 0644)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def copy_without_classifier(model: nn.Module) -> nn.Module:
@@ -196,6 +209,12 @@ def load_encoder_bundle(enc_dir: str | os.PathLike, *, verify: bool = True) -> E
     if not weights.is_file():
         raise UserError(f"encoder folder {enc_dir} has no {WEIGHTS_NAME}")
     block = config.get("backbone_ssl", {})
+    if not isinstance(block, dict):
+        block = {}
+    if verify and not block.get("sha256"):
+        log.warning("unverified weights: %s has no sha256 in its backbone_ssl block, so %s "
+                    "cannot be checked for changes or truncation", enc_dir / CONFIG_NAME,
+                    WEIGHTS_NAME)
     if verify and block.get("sha256") and sha256_file(weights) != block["sha256"]:
         raise UserError(
             f"sha256 of {weights} does not match config.json: the weights were changed or "
@@ -230,13 +249,28 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise UserError(f"checkpoint not found: {path}") from None
     except Exception as exc:  # UnpicklingError, RuntimeError(zip), ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's own message advises weights_only=False, which would run the file's code:
+        # never quote it; say what the file is not
         raise UserError(
-            f"refusing to load {path}: not a weights-only checkpoint ({first[:200]})"
+            f"refusing to load {path}: not a weights-only checkpoint ({describe_load_error(exc)});"
+            " backbone-ssl never unpickles objects or code from a file"
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a backbone-ssl training checkpoint (no state_dict)")
     return ckpt
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """A short, safe reason for a failed ``torch.load(weights_only=True)`` (torch's message is
+    not quoted: it suggests ``weights_only=False``)."""
+    import pickle
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text.lower():
+        return "it holds pickled objects beyond tensors and plain containers"
+    if "zip" in text.lower() or "magic number" in text.lower() or isinstance(exc, EOFError):
+        return "not a torch checkpoint file, or truncated"
+    return type(exc).__name__
 
 
 def checkpoint_config(ckpt: Mapping[str, Any], path: str | os.PathLike) -> dict:

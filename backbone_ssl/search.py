@@ -336,6 +336,18 @@ def run_search(method: str, *, trials: int, sampler: str, space: str | None = No
     return write_outputs(study, spc, out_dir, method)
 
 
+def best_config_text(trial_config: Path) -> str:
+    """The best trial's config for a full run: ``trainer.max_steps`` reset to -1, so the length
+    is set by ``trainer.max_epochs`` (docs/SEARCH.md) rather than the search's short budget."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(trial_config)
+    if "trainer" in cfg and cfg.trainer.get("max_steps", -1) != -1:
+        cfg.trainer.max_steps = -1
+    return ("# best trial's config; trainer.max_steps reset to -1: set trainer.max_epochs "
+            "(or trainer.max_steps) for the full run\n" + OmegaConf.to_yaml(cfg))
+
+
 def write_outputs(study: optuna.Study, space: Space, out_dir: Path, method: str) -> dict:
     """``trials.csv``, ``best.yaml``, plots, and the summary dict of :func:`run_search`."""
     write_trials_csv(study, space, out_dir / "trials.csv")
@@ -352,7 +364,7 @@ def write_outputs(study: optuna.Study, space: Space, out_dir: Path, method: str)
     if complete:
         best = study.best_trial
         best_cfg = out_dir / f"trial_{best.number}" / "config.yaml"
-        write_text_atomic(out_dir / "best.yaml", best_cfg.read_text())
+        write_text_atomic(out_dir / "best.yaml", best_config_text(best_cfg))
         result.update(best_value=float(best.value), best_params=dict(best.params),
                       best_trial=best.number, best_yaml=str(out_dir / "best.yaml"))
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

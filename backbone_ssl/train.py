@@ -34,6 +34,9 @@ from backbone_ssl.io import write_text_atomic
 from backbone_ssl.methods import get_method
 from backbone_ssl.methods.base import SSLMethod
 from backbone_ssl.monitors import OnlineKNN
+from backbone_ssl.outdir import prepare_out_dir
+from backbone_ssl.progress import StepProgressBar
+from backbone_ssl.runlock import RunLock
 from backbone_ssl.runlog import RunCSVLogger, truncate_metrics
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,8 @@ def build_config(method: str, config_file: str | None, data: str | None, out: st
     cls = get_method(method)
     default_dir = Path("runs") / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
     # DDP processes started by Lightning re-run the command: they inherit rank 0's run dir
+    if resume and not (out or os.environ.get(RUN_DIR_ENV)):
+        raise UserError("--resume needs --out RUN: the run folder to continue")
     run_dir = Path(out or os.environ.get(RUN_DIR_ENV) or default_dir)
     if resume:
         if not (run_dir / LAST_CKPT).is_file():
@@ -77,6 +82,7 @@ def build_config(method: str, config_file: str | None, data: str | None, out: st
                             "(start the run without --resume)")
         if config_file is None and (run_dir / "config.yaml").is_file():
             config_file = str(run_dir / "config.yaml")
+        check_resume_method(run_dir, method)
     elif (run_dir / LAST_CKPT).exists():
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it "
                         "or choose another --out")
@@ -87,6 +93,85 @@ def build_config(method: str, config_file: str | None, data: str | None, out: st
         raise UserError("no training data: pass --data DIR (an image folder, an iCartoonFace "
                         "root or a `golden prepare` output)")
     return cfg, run_dir
+
+
+#: Keys an override given with ``--resume`` may change: they alter neither tensor shapes nor
+#: the sampler, so the resumed run stays the same run. Every other key is frozen.
+RESUME_SAFE_KEYS = frozenset({
+    "trainer.max_steps", "trainer.max_epochs", "trainer.log_every_n_steps",
+    "trainer.checkpoint_every_n_steps", "trainer.enable_progress_bar", "trainer.precision",
+    "trainer.gradient_clip_val", "trainer.accelerator", "data.num_workers", "data.val_train",
+    "data.val_test", "data.val_every_n_epochs", "optim.lr",
+})
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def _same_value(key: str, old: object, new: object) -> bool:
+    if key == "data.path" and old is not None and new is not None:
+        return Path(str(old)).expanduser().resolve() == Path(str(new)).expanduser().resolve()
+    return old == new
+
+
+def check_resume_method(run_dir: Path, method: str) -> None:
+    """Refuse ``pretrain M --resume`` on a run of another method, naming the right command."""
+    from omegaconf import OmegaConf
+
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    except Exception:  # noqa: BLE001 - unreadable/missing: load_config reports it properly
+        return
+    other = saved.get("method") if isinstance(saved, dict) else None
+    if isinstance(other, str) and other and other != method:
+        raise UserError(f"{run_dir} is a '{other}' run, not '{method}'; resume it with "
+                        f"`backbone-ssl pretrain {other} --out {run_dir} --resume`")
+
+
+def check_resume_changes(cfg: RunConfig, ckpt_cfg: dict, run_dir: Path) -> list[str]:
+    """Compare the resumed config with the checkpoint's; returns the safe keys that change.
+
+    A change to a frozen key (anything not in :data:`RESUME_SAFE_KEYS`: method, model.*,
+    data.path, data.image_size, data.batch_size, the method's heads, ...) is a UserError naming
+    the key, raised before anything is written.
+    """
+    from backbone_ssl.config import to_dict
+
+    new, old = _flatten(to_dict(cfg)), _flatten(ckpt_cfg)
+    changed = [k for k in new if k in old and not _same_value(k, old[k], new[k])]
+    frozen = [k for k in changed if k not in RESUME_SAFE_KEYS]
+    if frozen:
+        k = frozen[0]
+        raise UserError(
+            f"--resume cannot change '{k}' (checkpoint: {old[k]!r}, now: {new[k]!r}): it changes "
+            f"the model, the data or the sampler of {run_dir}; start a new run with another --out")
+    return changed
+
+
+class WriteConfigOnStart(pl.Callback):
+    """Rewrite ``RUN/config.yaml`` once the resumed state has loaded (``on_train_start``)."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path, self.text = path, text
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            write_text_atomic(self.path, self.text)
+
+
+def effective_log_every(cfg: RunConfig, steps_per_epoch: int) -> int:
+    """``trainer.log_every_n_steps``, capped at the run's length so a short run still logs."""
+    t = cfg.trainer
+    total = t.max_steps if t.max_steps and t.max_steps > 0 else steps_per_epoch * max(
+        1, t.max_epochs)
+    return max(1, min(t.log_every_n_steps, total))
 
 
 def make_loader(model: SSLMethod, cfg: RunConfig) -> DataLoader:
@@ -124,9 +209,12 @@ def check_trainer_options(cfg: RunConfig) -> None:
                         "the CPU")
 
 
-def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
+def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list,
+                 log_every: int | None = None) -> pl.Trainer:
     """A Lightning Trainer configured from ``cfg.trainer``, logging into ``run_dir``."""
     t = cfg.trainer
+    log_every = max(1, log_every or t.log_every_n_steps)
+    bar = [StepProgressBar()] if t.enable_progress_bar else []
     ckpt = FlushingCheckpoint(
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
         every_n_train_steps=max(1, t.checkpoint_every_n_steps), save_on_train_epoch_end=True,
@@ -136,8 +224,8 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
         devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=resolve_precision(cfg), default_root_dir=str(run_dir),
         logger=RunCSVLogger(run_dir),
-        callbacks=[ckpt, RestoreLoaderState(), *callbacks], plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=max(1, t.log_every_n_steps), gradient_clip_val=t.gradient_clip_val,
+        callbacks=[ckpt, RestoreLoaderState(), *bar, *callbacks], plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=log_every, gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
         limit_train_batches=t.limit_train_batches, enable_model_summary=False,
         sync_batchnorm=t.sync_batchnorm,
@@ -153,26 +241,50 @@ def pretrain(method: str, *, config_file: str | None = None, data: str | None = 
     """
     cfg, run_dir = build_config(method, config_file, data, out, resume, overrides)
     check_trainer_options(cfg)
+    # DDP processes Lightning starts re-run the command inside rank 0's run: no guard, no lock
+    child = bool(os.environ.get(RUN_DIR_ENV)) and rank_zero_only.rank != 0
+    ckpt_path = str(run_dir / LAST_CKPT) if resume else None
+    steps_before = 0
+    if ckpt_path:
+        ckpt = read_checkpoint(ckpt_path)  # refuses pickles
+        steps_before = int(ckpt.get("global_step", 0))
+        saved = ckpt.get("hyper_parameters", {}).get("config")
+        if isinstance(saved, dict):
+            check_resume_changes(cfg, saved, run_dir)
+        del ckpt
+    elif not child:
+        prepare_out_dir(run_dir, "pretrain", sources=[cfg.data.path, config_file])
+    lock = None if child else RunLock(run_dir).acquire()
+    try:
+        return _pretrain_locked(method, cfg, run_dir, ckpt_path, steps_before, callbacks)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _pretrain_locked(method: str, cfg: RunConfig, run_dir: Path, ckpt_path: str | None,
+                     steps_before: int, callbacks: Sequence[pl.Callback]) -> RunResult:
+    """The body of :func:`pretrain`, run while the run folder's lock is held."""
     pl.seed_everything(cfg.seed, workers=True)
     model = get_method(method)(cfg)
     loader = make_loader(model, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank == 0:
-        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
     callbacks = list(callbacks)
+    if rank_zero_only.rank == 0:
+        if ckpt_path:  # rewritten only once the checkpoint's state has loaded
+            callbacks.append(WriteConfigOnStart(run_dir / "config.yaml", to_yaml(cfg)))
+        else:
+            write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
     if cfg.data.val_train and cfg.data.val_test:
         callbacks.insert(0, OnlineKNN(cfg.data.val_train, cfg.data.val_test,
                                    image_size=cfg.data.image_size,
                                    every_n_epochs=cfg.data.val_every_n_epochs))
-    trainer = make_trainer(cfg, run_dir, callbacks)
-    ckpt_path = str(run_dir / LAST_CKPT) if resume else None
-    steps_before = 0
-    if ckpt_path:
-        steps_before = int(read_checkpoint(ckpt_path).get("global_step", 0))  # refuses pickles
-        if rank_zero_only.rank == 0:
-            # a checkpoint at global step G holds steps 0..G-1: later rows are redone on resume
-            truncate_metrics(run_dir / "metrics.csv", steps_before - 1)
-            remove_stale_temps(run_dir)
+    steps_per_epoch = max(1, len(loader))
+    trainer = make_trainer(cfg, run_dir, callbacks, effective_log_every(cfg, steps_per_epoch))
+    if ckpt_path and rank_zero_only.rank == 0:
+        # a checkpoint at global step G holds steps 0..G-1: later rows are redone on resume
+        truncate_metrics(run_dir / "metrics.csv", steps_before - 1)
+        remove_stale_temps(run_dir)
     start = time.perf_counter()
     os.environ[RUN_DIR_ENV] = str(run_dir)
     try:

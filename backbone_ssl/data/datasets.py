@@ -99,7 +99,8 @@ class ImageFolderDataset(Dataset):
                 if str(self.paths[i]) not in self.skipped:
                     log.warning("skipping undecodable image %s: %s", self.paths[i], exc)
                 self.skipped[str(self.paths[i])] += 1
-        raise RuntimeError(f"no decodable image near index {index} in {self.root}")
+        raise UserError(f"no decodable image near index {index} in {self.root}: "
+                        f"{min(n, 50)} files in a row failed to decode (is it the right folder?)")
 
     def __getitem__(self, index: int):
         i, img, _ = self.decode_near(index)

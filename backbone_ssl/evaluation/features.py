@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 from backbone_ssl.data.datasets import ImageFolderDataset, scan_decodable
 from backbone_ssl.data.transforms import eval_transform
 from backbone_ssl.export import Encoder
+
+log = logging.getLogger(__name__)
 
 
 def default_device() -> torch.device:
@@ -32,12 +35,15 @@ def extract_features(
     batch_size: int = 128,
     num_workers: int = 0,
     device: str | torch.device | None = None,
+    progress: bool | None = None,
 ) -> np.ndarray:
     """Embed every item of ``dataset`` (items ``(image [3,H,W], label)``) in order.
 
     Returns float32 ``[N, D]``. The encoder's module is moved to ``device`` for the pass and moved
-    back afterwards.
+    back afterwards. ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal).
     """
+    from tqdm.auto import tqdm
+
     device = torch.device(device) if device is not None else default_device()
     loader = DataLoader(
         dataset,
@@ -52,8 +58,11 @@ def extract_features(
     chunks: list[np.ndarray] = []
     try:
         module.to(device).eval()
+        log.info("embedding %d images with %s (%s)", len(dataset), encoder.name, encoder.arch)
+        bar = tqdm(loader, desc=f"embedding {len(dataset)} images", unit="batch",
+                   disable=None if progress is None else not progress, leave=False)
         with torch.inference_mode():
-            for images, _ in loader:
+            for images, _ in bar:
                 out = module(images.to(device, non_blocking=True))
                 chunks.append(out.float().reshape(out.shape[0], -1).cpu().numpy())
     finally:
