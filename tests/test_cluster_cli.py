@@ -120,7 +120,7 @@ def test_bad_inputs_one_line_exit_2(tmp_path, capsys):
     (foreign / "keep.txt").write_text("mine")
     assert main(["cluster", "--encoder", "pixels", "--data", str(data), "--out", str(foreign),
                  *FAST]) == 2
-    assert "not an earlier `cluster` output" in _err_line(capsys)
+    assert "not an output of backbone-ssl" in _err_line(capsys)
     assert (foreign / "keep.txt").read_text() == "mine" and len(os.listdir(foreign)) == 1
     assert main(["cluster", "--encoder", "pixels", "--data", str(data), "--out", out,
                  "--group-by", "book", *FAST]) == 2

@@ -9,7 +9,6 @@ Outputs under ``--out``: ``clusters.csv`` (``file,cluster,confidence`` of the fi
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import resource
@@ -38,28 +37,11 @@ from backbone_ssl.errors import UserError
 from backbone_ssl.evaluation.knn import knn_search
 from backbone_ssl.evaluation.normalize import l2_normalize
 from backbone_ssl.io import atomic_path, write_json_atomic, write_text_atomic
+from backbone_ssl.outdir import mark_out_dir, prepare_out_dir
 
 log = logging.getLogger(__name__)
 
 COMMAND = "cluster"
-
-
-def check_out_dir(out: Path) -> None:
-    """Refuse an existing, non-empty ``out`` that an earlier ``cluster`` did not write (its
-    ``report.json`` says ``"command": "cluster"``). Nothing is ever deleted."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
-    if not any(out.iterdir()):
-        return
-    try:
-        ours = json.loads((out / "report.json").read_text()).get("command") == COMMAND
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
-        raise UserError(f"--out {out} exists and is not an earlier `cluster` output; "
-                        "choose a new or empty folder")
 
 
 def _load_encoder(spec: str):
@@ -142,8 +124,7 @@ def run_cluster(encoder: str, data: str | os.PathLike, out: str | os.PathLike,
     if group_by not in (None, "book"):
         raise UserError(f"unknown --group-by '{group_by}' (choose from: book)")
     cfg = load_config(ClusterConfig, "cluster", config_file, overrides, method=method)
-    out = Path(out)
-    check_out_dir(out)
+    out = prepare_out_dir(out, COMMAND, sources=[data, encoder, export_dir], mark=False)
     if export_dir is not None:
         from backbone_ssl.cluster.export import check_export_dir
 
@@ -180,7 +161,7 @@ def run_cluster(encoder: str, data: str | os.PathLike, out: str | os.PathLike,
 
     graph: KnnGraph = build_knn_graph(feats, cfg.graph)
     log.info("kNN graph: %d faces, k=%d, %s in %.1fs", n, graph.k, graph.index, graph.seconds)
-    out.mkdir(parents=True, exist_ok=True)
+    mark_out_dir(out, COMMAND)
     results: dict[str, Any] = {}
     first_labels = first_conf = None
     for m in cfg.method_list():
