@@ -211,6 +211,9 @@ class GanModel:
     encoder_in_discriminator: bool = True  # D = small trainable head on the frozen encoder's
     #                                        features; false: a plain DCGAN discriminator
     head_hidden: int = 256
+    projected: bool = True  # encoder in D: multi-scale stage features, one small head each
+    #                         (Projected GAN); false: one head on the pooled features
+    projected_stages: int = 3  # the encoder's last N stages
     diffaugment: str = "color,translation,cutout"  # on every D input (Zhao et al.); none: off
 
 

@@ -26,12 +26,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from backbone_ssl.data.datasets import ImageFolderDataset, resolve_image_root, scan_decodable
-from backbone_ssl.nn.critics import ConvDiscriminator
+from backbone_ssl.nn.critics import ConvDiscriminator, ProjectedDiscriminator
 from backbone_ssl.nn.diffaugment import AugmentedCritic
 from backbone_ssl.nn.gan_losses import generator_loss
 from backbone_ssl.nn.training import critic_loss, generator_step, train_critic
 from downstream.config import GanConfig
-from downstream.encoder import EncoderInput, encoder_info, load_task_encoder, reference_features
+from downstream.encoder import (
+    EncoderInput,
+    EncoderStages,
+    encoder_info,
+    load_task_encoder,
+    reference_features,
+)
 from downstream.gan import DCGANGenerator, EncoderFeatureDiscriminator
 from downstream.metrics import generator_metrics
 from downstream.runs import (
@@ -117,7 +123,11 @@ def build_discriminator(cfg: GanConfig, encoder) -> torch.nn.Module:
     m = cfg.model
     if m.encoder_in_discriminator:
         feats = EncoderInput(encoder, resize=cfg.data.resize_to_encoder)
-        critic = EncoderFeatureDiscriminator(feats, encoder.num_features, m.head_hidden)
+        if m.projected:
+            stages = EncoderStages(feats, m.projected_stages)
+            critic = ProjectedDiscriminator(stages, stages.channels, width=m.disc_channels)
+        else:
+            critic = EncoderFeatureDiscriminator(feats, encoder.num_features, m.head_hidden)
     else:
         critic = ConvDiscriminator(cfg.data.image_size, width=m.disc_channels)
     return AugmentedCritic(critic, m.diffaugment)
@@ -177,6 +187,9 @@ def run_gan(cfg: GanConfig, encoder_spec: str, run_dir: str) -> dict:
         "task": "gan",
         "encoder": encoder_info(encoder_spec, encoder, frozen=True),
         "encoder_in_discriminator": m.encoder_in_discriminator,
+        "discriminator": ("conv" if not m.encoder_in_discriminator else
+                          f"projected:{m.projected_stages}" if m.projected else "pooled"),
+        "diffaugment": m.diffaugment,
         "data": {"root": str(faces.root), "images": len(faces), "image_size": d.image_size},
         "budget": {**budget, "batch_size": d.batch_size, "loss": cfg.loss.gan},
         "metrics": metrics,

@@ -108,3 +108,24 @@ def test_size_mismatch_exit_2_unless_conv_discriminator(faces, tmp_path, capsys)
     assert code == 2 and len(err) == 1 and "takes 64x64 input" in err[0]
     r = _run(faces, tmp_path / "conv", str(enc), ["model.encoder_in_discriminator=false"])
     assert r["encoder_in_discriminator"] is False
+
+
+def test_projected_discriminator_heads_train_encoder_stays_frozen():
+    from backbone_ssl.nn.critics import ProjectedDiscriminator
+    from downstream.encoder import EncoderStages
+
+    enc = resolve_encoder("random:resnet10t", input_size=32, seed=0)
+    before = {k: v.clone() for k, v in enc.module.state_dict().items()}
+    stages = EncoderStages(EncoderInput(enc), 3)
+    assert stages.channels == [128, 256, 512]  # resnet10t's last three stages
+    d = ProjectedDiscriminator(stages, stages.channels, width=8).train()
+    fake = torch.rand(4, 3, 32, 32, requires_grad=True)
+    out = d(fake)
+    assert out.shape == (4,)
+    critic_loss("wgan-gp", d, torch.rand(4, 3, 32, 32) * 2 - 1, fake).backward()
+    assert all(p.grad is None for p in enc.module.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.heads.parameters())
+    d(fake).sum().backward()
+    assert fake.grad.abs().sum() > 0  # the generator gets a signal through the frozen stages
+    for k, v in enc.module.state_dict().items():
+        assert torch.equal(v, before[k]), k
