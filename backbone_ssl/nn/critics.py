@@ -57,8 +57,8 @@ class ProjectedDiscriminator(nn.Module):
     (a frozen pretrained encoder's stages), each judged by its own small trainable head; the
     score is the sum of the per-scale scores -> ``[B]``.
 
-    Each head: 1x1 conv to ``width`` channels, LeakyReLU, 3x3 conv (stride 2 while the map is
-    larger than 4), LeakyReLU, 1x1 conv to one logit map, averaged over space. No normalisation
+    Each head: 1x1 conv to ``width`` channels, LeakyReLU, 3x3 conv, LeakyReLU, 1x1 conv to one
+    logit map, averaged over space. No normalisation
     (WGAN-GP's per-sample penalty holds). Unlike the paper there is no fixed random channel
     mixing and no feature-pyramid fusion: small heads are what a CPU run affords.
     """
