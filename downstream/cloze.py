@@ -9,9 +9,13 @@ true face pasted the same way, so resizing artefacts cannot tell them apart). Lo
 adversarial terms (``loss.gan``: non-saturating, hinge or WGAN-GP) + ``l1_weight`` x L1 to the
 true face + KL.
 
+Training (:mod:`backbone_ssl.nn.training`): ``loss.n_critic`` critic steps per generator step,
+each on its own fresh chunk of sequences and freshly generated faces; critics frozen during the
+generator step; DiffAugment (``model.diffaugment``) on every critic input.
+
 Data: a ``golden prepare`` output; train and test are split by book (held-out books). Metrics on
-the test books, with ``z = mu``: PSNR (dB, each image capped at 100), SSIM, L1 on the face and
-FD-enc (Frechet distance in a fixed reference encoder's features; not Inception FID).
+the test books, with ``z = mu``: PSNR (dB, each image capped at 100), SSIM, L1 on the face, and
+KID and FD in a fixed reference encoder's features (not Inception KID/FID).
 """
 
 from __future__ import annotations
@@ -26,18 +30,20 @@ from torch.utils.data import DataLoader, Subset
 from backbone_ssl.data.golden_datasets import PanelSequences
 from backbone_ssl.errors import UserError
 from backbone_ssl.nn.critics import ConvDiscriminator
+from backbone_ssl.nn.diffaugment import AugmentedCritic
 from backbone_ssl.nn.gan_losses import generator_loss
-from backbone_ssl.nn.training import critic_loss
+from backbone_ssl.nn.training import critic_loss, generator_step, train_critic
 from downstream.config import ClozeConfig
 from downstream.encoder import EncoderInput, encoder_info, load_task_encoder, reference_features
 from downstream.gan import DCGANGenerator
-from downstream.metrics import fd_enc, image_quality
+from downstream.metrics import generator_metrics, image_quality
 from downstream.runs import (
     FD_ENC_NOTE,
     eval_device,
     fit,
     make_trainer,
     plot_training,
+    reference_info,
     save_image_grid,
     start_run,
     write_report,
@@ -75,8 +81,11 @@ class FaceCloze(pl.LightningModule):
             embedder, embedder.num_features, n_panels, m.sequence, m.embed_dim, m.hidden_dim,
             m.latent_dim, m.vae)
         self.generator = DCGANGenerator(m.latent_dim, d.face_size, m.gen_channels)
-        self.local_d = ConvDiscriminator(d.face_size, width=m.disc_channels)
-        self.global_d = ConvDiscriminator(d.panel_size, width=m.disc_channels)
+        # DiffAugment on every discriminator input (real, fake and penalty interpolates)
+        self.local_d = AugmentedCritic(ConvDiscriminator(d.face_size, width=m.disc_channels),
+                                       m.diffaugment)
+        self.global_d = AugmentedCritic(ConvDiscriminator(d.panel_size, width=m.disc_channels),
+                                        m.diffaugment)
 
     def generate(self, panels: torch.Tensor, sample: bool = True):
         """``panels [B,P,3,S,S]`` -> ``(face [B,3,F,F], mu, logvar)``; ``z = mu`` unless
@@ -92,35 +101,52 @@ class FaceCloze(pl.LightningModule):
         return self.cfg.loss.kl_weight * min(1.0, batches / ramp)
 
     def training_step(self, batch, batch_idx: int) -> None:
+        """The loader draws ``batch_size x n_critic`` sequences: one chunk per critic step (each
+        with freshly generated faces), the last chunk also for the generator step."""
         lc = self.cfg.loss
-        panels, face, box = batch["panels"], batch["face"], batch["box"]
         opt_g, opt_d = self.optimizers()
-        fake, mu, logvar = self.generate(panels)
-        last = panels[:, -1]
-        real_global = paste_faces(last, face, box)
-        fake_global = paste_faces(last, fake, box)
-        for _ in range(lc.n_critic):
-            d_loss = (lc.local_weight * critic_loss(lc.gan, self.local_d, face, fake, lc.gp_weight)
-                      + lc.global_weight * critic_loss(lc.gan, self.global_d, real_global,
-                                                       fake_global, lc.gp_weight))
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            opt_d.step()
-        adv_local = generator_loss(lc.gan, self.local_d(fake))
-        adv_global = generator_loss(lc.gan, self.global_d(fake_global))
-        l1 = (fake - face).abs().mean()
-        kl = kl_divergence(mu, logvar) if logvar is not None else fake.new_zeros(())
+        chunks = [{k: v[i::lc.n_critic] for k, v in batch.items()
+                   if isinstance(v, torch.Tensor)} for i in range(lc.n_critic)]
+        chunks = [c for c in chunks if len(c["face"])]
+
+        def draw(i: int):
+            c = chunks[i]
+            with torch.no_grad():
+                fake = self.generate(c["panels"])[0]
+            last = c["panels"][:, -1]
+            return ((c["face"], paste_faces(last, c["face"], c["box"])),
+                    (fake, paste_faces(last, fake, c["box"])))
+
+        def d_loss_fn(real, fake):
+            return (lc.local_weight * critic_loss(lc.gan, self.local_d, real[0], fake[0],
+                                                  lc.gp_weight, lc.r1_weight)
+                    + lc.global_weight * critic_loss(lc.gan, self.global_d, real[1], fake[1],
+                                                     lc.gp_weight, lc.r1_weight))
+
+        d_loss = train_critic(opt_d, len(chunks), draw, d_loss_fn,
+                              self.manual_backward)
+        c = chunks[-1]
+        terms: dict[str, torch.Tensor] = {}
         kl_w = self.kl_weight()
-        g_loss = (lc.local_weight * adv_local + lc.global_weight * adv_global
-                  + lc.l1_weight * l1 + kl_w * kl)
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss)
-        opt_g.step()
-        self.log_dict({"train/d_loss": d_loss.detach(), "train/g_loss": g_loss.detach(),
-                       "train/g_adv_local": adv_local.detach(),
-                       "train/g_adv_global": adv_global.detach(), "train/l1": l1.detach(),
-                       "train/kl": kl.detach(), "train/kl_weight": kl_w}, prog_bar=False)
-        self.log("train/l1_bar", l1.detach(), prog_bar=True, logger=False)
+
+        def g_loss_fn() -> torch.Tensor:
+            fake, mu, logvar = self.generate(c["panels"])
+            fake_global = paste_faces(c["panels"][:, -1], fake, c["box"])
+            terms["adv_local"] = generator_loss(lc.gan, self.local_d(fake))
+            terms["adv_global"] = generator_loss(lc.gan, self.global_d(fake_global))
+            terms["l1"] = (fake - c["face"]).abs().mean()
+            terms["kl"] = (kl_divergence(mu, logvar) if logvar is not None
+                           else fake.new_zeros(()))
+            return (lc.local_weight * terms["adv_local"] + lc.global_weight * terms["adv_global"]
+                    + lc.l1_weight * terms["l1"] + kl_w * terms["kl"])
+
+        g_loss = generator_step(opt_g, g_loss_fn, [opt_d], self.manual_backward)
+        self.log_dict({"train/d_loss": d_loss, "train/g_loss": g_loss,
+                       "train/g_adv_local": terms["adv_local"].detach(),
+                       "train/g_adv_global": terms["adv_global"].detach(),
+                       "train/l1": terms["l1"].detach(), "train/kl": terms["kl"].detach(),
+                       "train/kl_weight": kl_w}, prog_bar=False)
+        self.log("train/l1_bar", terms["l1"].detach(), prog_bar=True, logger=False)
 
     def configure_optimizers(self):
         o = self.cfg.optim
@@ -172,7 +198,9 @@ def evaluate(model: FaceCloze, test: PanelSequences, cfg: ClozeConfig, device: t
     metrics = image_quality(fake, real)
     ref = reference_features(cfg.metrics.ref_encoder, cfg.metrics.ref_seed,
                              cfg.data.face_size).to(device)
-    metrics["fd_enc"] = fd_enc(lambda x: ref(x.to(device)), fake, real)
+    mc = cfg.metrics
+    metrics.update(generator_metrics(ref, fake, real, mc.pca_dim, mc.kid_subset_size,
+                                     mc.kid_subsets))
     metrics["eval_sequences"] = n
     return metrics, (torch.cat(panels), fake, real)
 
@@ -212,8 +240,9 @@ def run_cloze(cfg: ClozeConfig, encoder_spec: str, run_dir: str) -> dict:
     run = start_run(run_dir, cfg)
     embedder = EncoderInput(encoder, finetune=m.finetune_encoder, resize=d.resize_to_encoder)
     model = FaceCloze(cfg, embedder, n_panels)
-    loader = DataLoader(train_set, batch_size=min(d.batch_size, len(train_set)), shuffle=True,
-                        drop_last=len(train_set) > d.batch_size, num_workers=d.num_workers)
+    per_step = d.batch_size * cfg.loss.n_critic  # fresh sequences for every critic step
+    loader = DataLoader(train_set, batch_size=min(per_step, len(train_set)), shuffle=True,
+                        drop_last=len(train_set) > per_step, num_workers=d.num_workers)
     budget = fit(make_trainer(cfg, run, cfg.loss.n_critic + 1), model, loader, cfg, run)
     metrics, (panels, fake, real) = evaluate(model, test, cfg, eval_device(cfg))
     plots = plot_training(run, {"loss": ("train/d_loss", "train/g_loss"),
@@ -235,8 +264,7 @@ def run_cloze(cfg: ClozeConfig, encoder_spec: str, run_dir: str) -> dict:
         "model": {"sequence": m.sequence, "vae": m.vae, "loss": cfg.loss.gan},
         "budget": {**budget, "batch_size": d.batch_size},
         "metrics": metrics,
-        "fd_enc_reference": {"encoder": cfg.metrics.ref_encoder, "seed": cfg.metrics.ref_seed,
-                             "note": FD_ENC_NOTE},
+        "reference": reference_info(cfg.metrics),
         "plots": plots,
     }
     notes = [("Metrics on the held-out books' sequences, generated with z = mu. PSNR in dB on "

@@ -23,10 +23,10 @@ from backbone_ssl.io import write_json_atomic, write_text_atomic
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 #: task -> (metric, direction) columns of the table; ``+`` higher is better, ``-`` lower
 COLUMNS: dict[str, list[tuple[str, str]]] = {
-    "cloze": [("psnr", "+"), ("ssim", "+"), ("l1", "-"), ("fd_enc", "-")],
+    "cloze": [("psnr", "+"), ("ssim", "+"), ("l1", "-"), ("kid", "-"), ("fd", "-")],
     "siamese": [("accuracy", "+"), ("roc_auc", "+"), ("raw_roc_auc", "+"),
                 ("icartoonface_rank1", "+")],
-    "gan": [("fd_enc", "-"), ("fd_enc_real", "-")],
+    "gan": [("kid", "-"), ("fd", "-"), ("kid_real", "-"), ("fd_real", "-")],
 }
 
 

@@ -47,19 +47,24 @@ class TaskOptimConfig:
     """Adam for every trainable part (GANs: the DCGAN betas)."""
 
     lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
+    beta1: Optional[float] = None  # null: by loss.gan, 0.5 (DCGAN) or 0.0 for wgan-gp
+    beta2: Optional[float] = None  # null: by loss.gan, 0.999 (DCGAN) or 0.9 for wgan-gp
     weight_decay: float = 0.0
     encoder_lr: float = 1e-5  # only with model.finetune_encoder=true
 
 
 @dataclass
 class MetricsConfig:
-    """FD-enc: Frechet distance in the features of a fixed reference encoder (NOT Inception FID)."""
+    """KID and FD in the features of a fixed reference encoder (NOT Inception FID / KID)."""
 
-    ref_encoder: str = "random:resnet18"  # any encoder spec; random:<arch> is seeded by ref_seed
+    ref_encoder: str = "random:resnet18"  # name a trained encoder (e.g. an exported identity or
+    #                                       DINO encoder); random:<arch> (seeded by ref_seed) is
+    #                                       the last resort and reports flag it
     ref_seed: int = 0
-    max_eval: int = 256  # at most this many samples for FD-enc and image metrics
+    max_eval: int = 256  # at most this many samples for KID, FD and image metrics
+    pca_dim: Optional[int] = 64  # FD in a PCA space fitted on real features; null: full space
+    kid_subset_size: int = 50  # KID subset size (capped at the sample count)
+    kid_subsets: int = 100
     grid_rows: int = 6  # rows of the sample grid
 
 
@@ -88,6 +93,7 @@ class ClozeModel:
     vae: bool = True  # mean + log-variance head with a KL term; false: deterministic latent
     gen_channels: int = 32  # DCGAN width (64 in the paper; 32 keeps CPU runs short)
     disc_channels: int = 32
+    diffaugment: str = "color,translation,cutout"  # on every D input; none: off
 
 
 @dataclass
@@ -99,7 +105,9 @@ class ClozeLoss:
     kl_weight: float = 0.001  # final KL weight (model.vae=true)
     kl_anneal_steps: int = 100  # KL weight ramps linearly from 0 over these steps
     gp_weight: float = 10.0  # wgan-gp only
-    n_critic: int = 1  # discriminator updates per generator update
+    r1_weight: float = 0.0  # R1 penalty on real faces (gamma; 0: off)
+    n_critic: Optional[int] = None  # critic updates per generator update; null: 5 for wgan-gp
+    #                                 else 1 (each on fresh real and fake batches)
 
 
 @dataclass
@@ -124,7 +132,7 @@ class ClozeConfig:
                             f"{self.data.test_fraction}")
         for key in ("embed_dim", "hidden_dim", "latent_dim"):
             check_positive(getattr(self.model, key), f"model.{key}")
-        check_positive(self.loss.n_critic, "loss.n_critic")
+        resolve_gan_training(self)
 
 
 # ---- siamese ----------------------------------------------------------------------------------
@@ -164,7 +172,8 @@ class SiameseConfig:
     data: SiameseData = field(default_factory=SiameseData)
     model: SiameseModel = field(default_factory=SiameseModel)
     loss: SiameseLoss = field(default_factory=SiameseLoss)
-    optim: TaskOptimConfig = field(default_factory=lambda: TaskOptimConfig(lr=1e-3, beta1=0.9))
+    optim: TaskOptimConfig = field(default_factory=lambda: TaskOptimConfig(lr=1e-3, beta1=0.9,
+                                                                           beta2=0.999))
     trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
 
     def validate(self) -> None:
@@ -202,13 +211,18 @@ class GanModel:
     encoder_in_discriminator: bool = True  # D = small trainable head on the frozen encoder's
     #                                        features; false: a plain DCGAN discriminator
     head_hidden: int = 256
+    projected: bool = True  # encoder in D: multi-scale stage features, one small head each
+    #                         (Projected GAN); false: one head on the pooled features
+    projected_stages: int = 3  # the encoder's last N stages
+    diffaugment: str = "color,translation,cutout"  # on every D input (Zhao et al.); none: off
 
 
 @dataclass
 class GanLoss:
     gan: str = "nonsaturating"  # nonsaturating | hinge | wgan-gp
     gp_weight: float = 10.0
-    n_critic: int = 1
+    r1_weight: float = 0.0  # R1 penalty on real faces (gamma; 0: off)
+    n_critic: Optional[int] = None  # null: 5 for wgan-gp, else 1 (fresh batches each)
 
 
 @dataclass
@@ -227,10 +241,44 @@ class GanConfig:
         check_choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
         _power_side(self.data.image_size, "data.image_size")
         check_positive(self.model.latent_dim, "model.latent_dim")
-        check_positive(self.loss.n_critic, "loss.n_critic")
+        resolve_gan_training(self)
 
 
 CONFIGS: dict[str, type] = {"cloze": ClozeConfig, "siamese": SiameseConfig, "gan": GanConfig}
+
+
+#: (beta1, beta2, n_critic) by loss: DCGAN's Adam(0.5, 0.999) and one critic step; WGAN-GP's
+#: Adam(0, 0.9) and five critic steps (Gulrajani et al., 2017, Algorithm 1).
+GAN_TRAINING_DEFAULTS = {"nonsaturating": (0.5, 0.999, 1), "hinge": (0.5, 0.999, 1),
+                         "wgan-gp": (0.0, 0.9, 5)}
+
+
+def resolve_gan_training(cfg: Any) -> None:
+    """Fill ``optim.beta1/beta2`` and ``loss.n_critic`` left null with the defaults of
+    ``loss.gan``, then validate: WGAN-GP with a single critic step or Adam momentum above 0.5
+    is refused (the critic must be near-optimal and momentum destabilises it), and the
+    DiffAugment policy must name known ops."""
+    from backbone_ssl.nn.diffaugment import check_policy
+
+    b1, b2, nc = GAN_TRAINING_DEFAULTS[cfg.loss.gan]
+    o, lo = cfg.optim, cfg.loss
+    o.beta1 = b1 if o.beta1 is None else o.beta1
+    o.beta2 = b2 if o.beta2 is None else o.beta2
+    lo.n_critic = nc if lo.n_critic is None else lo.n_critic
+    check_positive(lo.n_critic, "loss.n_critic")
+    if not (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0):
+        raise UserError(f"config keys 'optim.beta1/beta2' must be in [0, 1), got {o.beta1}, "
+                        f"{o.beta2}")
+    if lo.gan == "wgan-gp" and (lo.n_critic < 2 or o.beta1 > 0.5):
+        raise UserError(f"loss.gan=wgan-gp needs loss.n_critic >= 2 and optim.beta1 <= 0.5 "
+                        f"(defaults 5 and 0.0; got {lo.n_critic} and {o.beta1}): leave them "
+                        "null for the WGAN-GP defaults")
+    if lo.r1_weight < 0:
+        raise UserError(f"config key 'loss.r1_weight' must be >= 0, got {lo.r1_weight}")
+    try:
+        check_policy(cfg.model.diffaugment)
+    except ValueError as e:
+        raise UserError(f"config key 'model.diffaugment': {e}") from None
 
 
 def _power_side(size: int, key: str) -> None:
@@ -247,3 +295,7 @@ def _check_common(cfg: Any) -> None:
     check_positive(cfg.optim.lr, "optim.lr")
     if hasattr(cfg, "metrics"):
         check_positive(cfg.metrics.max_eval, "metrics.max_eval")
+        check_positive(cfg.metrics.kid_subset_size, "metrics.kid_subset_size")
+        check_positive(cfg.metrics.kid_subsets, "metrics.kid_subsets")
+        if cfg.metrics.pca_dim is not None:
+            check_positive(cfg.metrics.pca_dim, "metrics.pca_dim")

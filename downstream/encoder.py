@@ -44,14 +44,42 @@ class EncoderInput(nn.Module):
         self.encoder.train(mode and self.finetune)
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images at the task's side -> the encoder's normalised input."""
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             if not self.resize:
                 raise ValueError(f"encoder takes {self.input_size}px input, got {tuple(x.shape)}")
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False, antialias=True)
-        x = ((x + 1.0) * 0.5 - self.mean) / self.std
-        return self.encoder(x).flatten(1)
+        return ((x + 1.0) * 0.5 - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.normalise(x)).flatten(1)
+
+
+class EncoderStages(nn.Module):
+    """``[B,3,H,W]`` in [-1, 1] -> the feature maps of the encoder's last ``n_stages`` stages
+    (timm's ``forward_intermediates``), for multi-scale critics. Frozen like its
+    :class:`EncoderInput`; gradients flow through to the input."""
+
+    def __init__(self, encoder_input: EncoderInput, n_stages: int = 3) -> None:
+        super().__init__()
+        if not hasattr(encoder_input.encoder, "forward_intermediates"):
+            raise UserError(f"{type(encoder_input.encoder).__name__} has no forward_intermediates:"
+                            " use model.projected=false for a pooled-feature discriminator")
+        self.input = encoder_input
+        self.n_stages = n_stages
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, encoder_input.input_size, encoder_input.input_size)
+            self.channels = [int(f.shape[1]) for f in self._maps(probe, normalise=False)]
+
+    def _maps(self, x: torch.Tensor, normalise: bool = True) -> list[torch.Tensor]:
+        x = self.input.normalise(x) if normalise else x
+        return self.input.encoder.forward_intermediates(x, indices=self.n_stages,
+                                                        intermediates_only=True)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self._maps(x)
 
 
 def load_task_encoder(spec: str, *, task_size: int, what: str, size_key: str, resize: bool,

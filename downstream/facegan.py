@@ -1,13 +1,19 @@
 """``downstream gan``: a DCGAN on face crops, its discriminator optionally built on the frozen
 encoder's features (a small trainable head on pretrained features, as in Projected GANs, Sauer et
-al. 2021), scored with FD-enc against real faces.
+al. 2021), scored with KID and FD against real faces.
+
+Training (:mod:`backbone_ssl.nn.training`): ``loss.n_critic`` critic steps per generator step,
+each on fresh real faces and fresh fakes; the critic's parameters are frozen during the generator
+step; DiffAugment (``model.diffaugment``, on by default) on every discriminator input; WGAN-GP
+defaults Adam(0, 0.9) and 5 critic steps.
 
 With ``model.encoder_in_discriminator=true`` (the default) the encoder is the discriminator's
 feature extractor, so comparing encoders at the same budget measures what their features give
 a GAN; with ``false`` the discriminator is a plain conv net and the encoder plays no part.
-FD-enc is measured in a *separate*, fixed reference encoder (``metrics.ref_encoder``), never in
-the encoder under test, and is not Inception FID. ``fd_enc_real`` is the same distance between two
-disjoint sets of real faces of the same size: the floor a perfect generator would reach.
+KID and FD are measured in a *separate*, fixed reference encoder (``metrics.ref_encoder``), never
+in the encoder under test, and are not Inception KID/FID. ``kid_real`` / ``fd_real`` are the same
+metrics between two disjoint sets of real faces of the same size: the floor a perfect generator
+would reach.
 """
 
 from __future__ import annotations
@@ -20,19 +26,28 @@ import torch
 from torch.utils.data import DataLoader
 
 from backbone_ssl.data.datasets import ImageFolderDataset, resolve_image_root, scan_decodable
-from backbone_ssl.nn.critics import ConvDiscriminator
+from backbone_ssl.nn.critics import ConvDiscriminator, ProjectedDiscriminator
+from backbone_ssl.nn.diffaugment import AugmentedCritic
 from backbone_ssl.nn.gan_losses import generator_loss
-from backbone_ssl.nn.training import critic_loss
+from backbone_ssl.nn.training import critic_loss, generator_step, train_critic
 from downstream.config import GanConfig
-from downstream.encoder import EncoderInput, encoder_info, load_task_encoder, reference_features
+from downstream.encoder import (
+    EncoderInput,
+    EncoderStages,
+    encoder_info,
+    load_task_encoder,
+    reference_features,
+)
 from downstream.gan import DCGANGenerator, EncoderFeatureDiscriminator
-from downstream.metrics import encode_batches, frechet_distance
+from downstream.metrics import generator_metrics
 from downstream.runs import (
     FD_ENC_NOTE,
+    RANDOM_REF_NOTE,
     eval_device,
     fit,
     make_trainer,
     plot_training,
+    reference_info,
     save_image_grid,
     seeded_indices,
     start_run,
@@ -61,21 +76,25 @@ class FaceGAN(pl.LightningModule):
         return self.generator(z)
 
     def training_step(self, batch, batch_idx: int) -> None:
-        real = batch[0]
+        """``batch[0]``: ``n_critic`` real batches stacked (the loader draws
+        ``batch_size x n_critic``), one per critic step, each against fresh fakes; then one
+        generator step with the critic's parameters frozen."""
+        lo = self.cfg.loss
+        reals = batch[0].chunk(lo.n_critic)
         opt_g, opt_d = self.optimizers()
-        kind = self.cfg.loss.gan
-        fake = self.sample(real.shape[0])
-        for _ in range(self.cfg.loss.n_critic):
-            d_loss = critic_loss(kind, self.discriminator, real, fake, self.cfg.loss.gp_weight)
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            opt_d.step()
-        g_loss = generator_loss(kind, self.discriminator(fake))
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss)
-        opt_g.step()
-        self.log_dict({"train/d_loss": d_loss.detach(), "train/g_loss": g_loss.detach()},
-                      prog_bar=True)
+        d = self.discriminator
+
+        def draw(i: int):
+            with torch.no_grad():
+                return reals[i], self.sample(reals[i].shape[0])
+
+        d_loss = train_critic(opt_d, len(reals), draw,
+                              lambda r, f: critic_loss(lo.gan, d, r, f, lo.gp_weight,
+                                                       lo.r1_weight), self.manual_backward)
+        n = reals[0].shape[0]
+        g_loss = generator_step(opt_g, lambda: generator_loss(lo.gan, d(self.sample(n))), [opt_d],
+                                self.manual_backward)
+        self.log_dict({"train/d_loss": d_loss, "train/g_loss": g_loss}, prog_bar=True)
 
     def configure_optimizers(self):
         o = self.cfg.optim
@@ -99,19 +118,26 @@ def face_dataset(cfg: GanConfig) -> ImageFolderDataset:
 
 
 def build_discriminator(cfg: GanConfig, encoder) -> torch.nn.Module:
-    """Encoder features + trainable head, or a plain conv discriminator."""
+    """Encoder features + trainable head, or a plain conv discriminator; either behind
+    DiffAugment (``model.diffaugment``), so real, fake and penalty inputs are all augmented."""
     m = cfg.model
     if m.encoder_in_discriminator:
         feats = EncoderInput(encoder, resize=cfg.data.resize_to_encoder)
-        return EncoderFeatureDiscriminator(feats, encoder.num_features, m.head_hidden)
-    return ConvDiscriminator(cfg.data.image_size, width=m.disc_channels)
+        if m.projected:
+            stages = EncoderStages(feats, m.projected_stages)
+            critic = ProjectedDiscriminator(stages, stages.channels, width=m.disc_channels)
+        else:
+            critic = EncoderFeatureDiscriminator(feats, encoder.num_features, m.head_hidden)
+    else:
+        critic = ConvDiscriminator(cfg.data.image_size, width=m.disc_channels)
+    return AugmentedCritic(critic, m.diffaugment)
 
 
 @torch.no_grad()
 def evaluate(model: FaceGAN, faces: ImageFolderDataset, cfg: GanConfig,
              device: torch.device) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """FD-enc of generated vs real faces and of real vs real (same sizes). Returns
-    ``(metrics, fake [n,3,S,S], real [n,3,S,S])``."""
+    """KID and FD of generated vs real faces and of real vs real (same sizes: the floor), in the
+    reference encoder. Returns ``(metrics, fake [n,3,S,S], real [n,3,S,S])``."""
     n = min(cfg.metrics.max_eval, len(faces) // 2)
     if n < 2:
         raise ValueError("need at least 4 face images to measure FD-enc")
@@ -125,13 +151,11 @@ def evaluate(model: FaceGAN, faces: ImageFolderDataset, cfg: GanConfig,
     model.cpu()
     ref = reference_features(cfg.metrics.ref_encoder, cfg.metrics.ref_seed,
                              cfg.data.image_size).to(device)
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        return ref(x.to(device))
-
-    feats_a = encode_batches(fn, real_a)
-    metrics = {"fd_enc": frechet_distance(encode_batches(fn, fake), feats_a),
-               "fd_enc_real": frechet_distance(encode_batches(fn, real_b), feats_a),
-               "eval_samples": n}
+    mc = cfg.metrics
+    gen = generator_metrics(ref, fake, real_a, mc.pca_dim, mc.kid_subset_size, mc.kid_subsets)
+    floor = generator_metrics(ref, real_b, real_a, mc.pca_dim, mc.kid_subset_size,
+                              mc.kid_subsets)
+    metrics = {**gen, "kid_real": floor["kid"], "fd_real": floor["fd"], "eval_samples": n}
     return metrics, fake, real_a
 
 
@@ -146,8 +170,9 @@ def run_gan(cfg: GanConfig, encoder_spec: str, run_dir: str) -> dict:
     faces = face_dataset(cfg)
     run = start_run(run_dir, cfg)
     model = FaceGAN(cfg, build_discriminator(cfg, encoder))
-    loader = DataLoader(faces, batch_size=min(d.batch_size, len(faces)), shuffle=True,
-                        drop_last=len(faces) > d.batch_size, num_workers=d.num_workers)
+    per_step = d.batch_size * cfg.loss.n_critic  # fresh real faces for every critic step
+    loader = DataLoader(faces, batch_size=min(per_step, len(faces)), shuffle=True,
+                        drop_last=len(faces) > per_step, num_workers=d.num_workers)
     budget = fit(make_trainer(cfg, run, cfg.loss.n_critic + 1), model, loader, cfg, run)
     metrics, fake, real = evaluate(model, faces, cfg, eval_device(cfg))
     plots = plot_training(run, {"loss": ("train/d_loss", "train/g_loss")})
@@ -162,15 +187,19 @@ def run_gan(cfg: GanConfig, encoder_spec: str, run_dir: str) -> dict:
         "task": "gan",
         "encoder": encoder_info(encoder_spec, encoder, frozen=True),
         "encoder_in_discriminator": m.encoder_in_discriminator,
+        "discriminator": ("conv" if not m.encoder_in_discriminator else
+                          f"projected:{m.projected_stages}" if m.projected else "pooled"),
+        "diffaugment": m.diffaugment,
         "data": {"root": str(faces.root), "images": len(faces), "image_size": d.image_size},
         "budget": {**budget, "batch_size": d.batch_size, "loss": cfg.loss.gan},
         "metrics": metrics,
-        "fd_enc_reference": {"encoder": cfg.metrics.ref_encoder, "seed": cfg.metrics.ref_seed,
-                             "note": FD_ENC_NOTE},
+        "reference": reference_info(cfg.metrics),
         "plots": plots,
     }
-    notes = [FD_ENC_NOTE, ("fd_enc_real: FD-enc between two disjoint real sets of the same "
-                           "size (the floor a perfect generator would reach).")]
+    notes = [FD_ENC_NOTE, ("kid_real / fd_real: the same metrics between two disjoint real sets "
+                           "of the same size (the floor a perfect generator would reach).")]
+    if report["reference"]["random"]:
+        notes.append(RANDOM_REF_NOTE)
     if not m.encoder_in_discriminator:
         notes.append("model.encoder_in_discriminator=false: the encoder played no part.")
     return write_report(run, report, "Face GAN (DCGAN)", notes)

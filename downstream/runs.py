@@ -21,9 +21,20 @@ from backbone_ssl.io import atomic_path, write_json_atomic, write_text_atomic
 from backbone_ssl.runlog import RunCSVLogger
 
 #: FD-enc's one-line caveat, repeated in every report that carries it.
-FD_ENC_NOTE = ("FD-enc = Frechet distance between Gaussians of generated and real faces in the "
-               "features of a fixed reference encoder; it is not Inception FID and is comparable "
-               "only between runs with the same reference encoder and sample counts.")
+FD_ENC_NOTE = ("KID and FD are measured in the features of a fixed reference encoder "
+               "(metrics.ref_encoder; FD in a PCA space fitted on real features); they are not "
+               "Inception KID/FID and are comparable only between runs with the same reference "
+               "encoder and sample counts.")
+RANDOM_REF_NOTE = ("The reference encoder is a random network (last resort): name a trained "
+                   "domain encoder in metrics.ref_encoder for numbers that mean something.")
+
+
+def reference_info(metrics_cfg: Any) -> dict:
+    """The report's ``reference`` block: which encoder KID and FD were measured in."""
+    spec = metrics_cfg.ref_encoder
+    return {"encoder": spec, "seed": metrics_cfg.ref_seed, "random": spec.startswith("random:"),
+            "pca_dim": metrics_cfg.pca_dim, "kid_subset_size": metrics_cfg.kid_subset_size,
+            "note": FD_ENC_NOTE}
 
 
 def start_run(run_dir: str | os.PathLike, cfg: Any) -> Path:

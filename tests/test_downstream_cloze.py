@@ -78,14 +78,14 @@ def _run(prep, out, spec, extra=()):
                             overrides=[*FAST, *extra])
     assert json.loads((out / "report.json").read_text()) == report
     m = report["metrics"]
-    for key in ("psnr", "ssim", "l1", "fd_enc"):
+    for key in ("psnr", "ssim", "l1", "kid", "fd"):
         assert math.isfinite(m[key]), key
     assert 0 < m["psnr"] < 100 and -1 <= m["ssim"] <= 1 and 0 <= m["l1"] <= 2
-    assert m["fd_enc"] >= 0 and m["eval_sequences"] == 8
+    assert m["fd"] >= 0 and m["fd_dim"] == 7 and m["eval_sequences"] == 8
     assert report["budget"]["steps"] == 3
     assert report["data"]["test_books"] == 1 and report["data"]["train_books"] == 2
     assert (out / "plots" / "samples.png").is_file() and (out / "metrics.csv").is_file()
-    assert "not Inception FID" in (out / "report.md").read_text()
+    assert "not Inception KID/FID" in (out / "report.md").read_text()
     return report
 
 

@@ -60,9 +60,11 @@ def _run(faces, out, spec, extra=()):
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == report
     m = report["metrics"]
-    assert math.isfinite(m["fd_enc"]) and m["fd_enc"] >= 0 and math.isfinite(m["fd_enc_real"])
+    assert math.isfinite(m["fd"]) and m["fd"] >= 0 and math.isfinite(m["fd_real"])
+    assert math.isfinite(m["kid"]) and m["fd_dim"] == 11 and m["fd_imag"] < 1e-2
     assert m["eval_samples"] == 12 and report["budget"]["steps"] == 3
-    assert "not Inception FID" in report["fd_enc_reference"]["note"]
+    assert "not Inception KID/FID" in report["reference"]["note"]
+    assert report["reference"]["random"] is True  # the default reference, flagged
     assert (out / "plots" / "samples.png").is_file() and (out / "metrics.csv").is_file()
     return report
 
@@ -75,7 +77,26 @@ def test_end_to_end_random_exported_and_wgan(faces, tmp_path):
     e = _run(faces, tmp_path / "e", str(enc), ["loss.gan=wgan-gp"])
     assert e["encoder"]["method"] == "byol" and e["budget"]["loss"] == "wgan-gp"
     # the real-vs-real floor depends only on data and reference encoder, not on the encoder
-    assert e["metrics"]["fd_enc_real"] == pytest.approx(r["metrics"]["fd_enc_real"])
+    assert e["metrics"]["fd_real"] == pytest.approx(r["metrics"]["fd_real"])
+    # wgan-gp: 5 critic steps per generator step by default -> 3 x (5 + 1) optimiser steps
+    assert e["budget"]["optimizer_steps"] == 18 and r["budget"]["optimizer_steps"] == 6
+
+
+def test_wgan_gp_defaults_and_validation():
+    from backbone_ssl.config import load_config
+    from backbone_ssl.errors import UserError
+    from downstream.config import GanConfig
+
+    w = load_config(GanConfig, "gan", None, ["loss.gan=wgan-gp"])
+    assert (w.optim.beta1, w.optim.beta2, w.loss.n_critic) == (0.0, 0.9, 5)
+    n = load_config(GanConfig, "gan", None, [])
+    assert (n.optim.beta1, n.optim.beta2, n.loss.n_critic) == (0.5, 0.999, 1)
+    assert n.model.diffaugment == "color,translation,cutout"  # on by default
+    for bad in (["loss.n_critic=1"], ["optim.beta1=0.9"]):
+        with pytest.raises(UserError, match="wgan-gp needs"):
+            load_config(GanConfig, "gan", None, ["loss.gan=wgan-gp", *bad])
+    with pytest.raises(UserError, match="model.diffaugment"):
+        load_config(GanConfig, "gan", None, ["model.diffaugment=color,flip"])
 
 
 def test_size_mismatch_exit_2_unless_conv_discriminator(faces, tmp_path, capsys):
@@ -87,3 +108,25 @@ def test_size_mismatch_exit_2_unless_conv_discriminator(faces, tmp_path, capsys)
     assert code == 2 and len(err) == 1 and "takes 64x64 input" in err[0]
     r = _run(faces, tmp_path / "conv", str(enc), ["model.encoder_in_discriminator=false"])
     assert r["encoder_in_discriminator"] is False
+
+
+def test_projected_discriminator_heads_train_encoder_stays_frozen():
+    from backbone_ssl.nn.critics import ProjectedDiscriminator
+    from downstream.encoder import EncoderStages
+
+    enc = resolve_encoder("random:resnet10t", input_size=32, seed=0)
+    before = {k: v.clone() for k, v in enc.module.state_dict().items()}
+    stages = EncoderStages(EncoderInput(enc), 3)
+    assert stages.channels == [128, 256, 512]  # resnet10t's last three stages
+    d = ProjectedDiscriminator(stages, stages.channels, width=8).train()
+    fake = torch.rand(4, 3, 32, 32, requires_grad=True)
+    out = d(fake)
+    assert out.shape == (4,)
+    critic_loss("wgan-gp", d, torch.rand(4, 3, 32, 32) * 2 - 1, fake).backward()
+    assert all(p.grad is None for p in enc.module.parameters())
+    assert all(p.grad is not None for p in d.heads.parameters())
+    assert all(h[0].weight.grad.abs().sum() > 0 for h in d.heads)  # every scale's head learns
+    d(fake).sum().backward()
+    assert fake.grad.abs().sum() > 0  # the generator gets a signal through the frozen stages
+    for k, v in enc.module.state_dict().items():
+        assert torch.equal(v, before[k]), k

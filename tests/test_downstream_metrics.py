@@ -12,8 +12,11 @@ from downstream.metrics import (
     PSNR_CAP_DB,
     best_threshold,
     fd_enc,
+    fd_in_reduced_space,
     frechet_distance,
+    frechet_stats,
     image_quality,
+    kid,
     psnr_per_image,
     roc_auc,
     verification,
@@ -47,9 +50,38 @@ def test_frechet_distance_identical_zero_shift_grows():
     far = frechet_distance(a, a + 2.0)
     # a pure mean shift of s in every one of 8 dims gives 8 s^2
     assert near == pytest.approx(8 * 0.25, rel=1e-3) and far == pytest.approx(8 * 4.0, rel=1e-3)
-    # fewer samples than dimensions (singular covariances) still gives a finite value
-    few = frechet_distance(rng.normal(size=(5, 32)), rng.normal(size=(5, 32)))
-    assert math.isfinite(few) and few > 0
+    # fewer samples than dimensions (singular covariances) is refused, not papered over
+    with pytest.raises(ValueError, match="needs more than 32 samples"):
+        frechet_distance(rng.normal(size=(5, 32)), rng.normal(size=(5, 32)))
+    # ... and fine in a PCA space fitted on the real set
+    red = fd_in_reduced_space(rng.normal(size=(40, 32)), rng.normal(size=(40, 32)) + 1, 8)
+    assert red["fd_dim"] == 8 and red["fd"] > 0 and red["fd_imag"] < 1e-3
+
+
+def test_frechet_stats_reports_the_imaginary_part_and_refuses_negative(monkeypatch):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(100, 4)), rng.normal(size=(100, 4)) * 2
+    clean = frechet_stats(a, b)
+    assert clean["fd_imag"] < 1e-6 and clean["fd"] > 0
+    from downstream import metrics
+
+    # a square root twice too large (with an imaginary part) makes the trace term negative
+    real_sqrtm = metrics.linalg.sqrtm
+    monkeypatch.setattr(metrics.linalg, "sqrtm", lambda m: 2 * real_sqrtm(m) + 0.5j)
+    with pytest.raises(ValueError, match="negative"):
+        frechet_stats(a, b)
+
+
+def test_kid_unbiased_near_zero_for_the_same_distribution_and_grows_with_shift():
+    feats = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 6))
+    torch.manual_seed(0)
+    real, other = _images(1, n=60), _images(2, n=60)
+    same = kid(feats, other, real, subset_size=30, subsets=50)
+    shifted = kid(feats, (other + 0.8).clamp(-1, 1), real, subset_size=30, subsets=50)
+    # unbiased: the same distribution scores ~0 (either sign), a shift scores far above it
+    assert abs(same["kid"]) < 3 * same["kid_std"] + 1e-3
+    assert shifted["kid"] > 10 * abs(same["kid"]) and shifted["kid"] > 0
+    assert kid(feats, other[:7], real, subset_size=50)["kid_subset_size"] == 7
 
 
 def test_fd_enc_in_a_feature_function():

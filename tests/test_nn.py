@@ -167,5 +167,5 @@ def test_train_critic_draws_fresh_data_each_step():
     assert drawn == [0, 1, 2, 3, 4]
     assert not loss.requires_grad
     assert any(not torch.equal(a, b) for a, b in zip(before, d[1].parameters()))
-    assert all(p.grad is None for p in g.parameters())  # fake was detached
+    assert all(p.grad is None for p in g.parameters())  # critic_loss detached the fake
     assert not any(p.requires_grad for p in frozen.parameters())

@@ -49,3 +49,29 @@ def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
     rois = torch.cat([idx, boxes.to(images)], dim=1)
     return roi_align(images, rois, output_size=(size, size), spatial_scale=1.0,
                      sampling_ratio=2, aligned=True)
+
+
+class ProjectedDiscriminator(nn.Module):
+    """Multi-scale critic on frozen features (Projected GAN, Sauer et al., 2021,
+    https://arxiv.org/abs/2111.01007): ``features(x)`` returns a list of maps ``[B,C_i,H_i,W_i]``
+    (a frozen pretrained encoder's stages), each judged by its own small trainable head; the
+    score is the sum of the per-scale scores -> ``[B]``.
+
+    Each head: 1x1 conv to ``width`` channels, LeakyReLU, 3x3 conv, LeakyReLU, 1x1 conv to one
+    logit map, averaged over space. No normalisation
+    (WGAN-GP's per-sample penalty holds). Unlike the paper there is no fixed random channel
+    mixing and no feature-pyramid fusion: small heads are what a CPU run affords.
+    """
+
+    def __init__(self, features: nn.Module, channels: list[int], width: int = 64) -> None:
+        super().__init__()
+        self.features = features
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, width, 1), nn.LeakyReLU(0.2, inplace=True),
+                          nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+                          nn.Conv2d(width, 1, 1))
+            for c in channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.features(x)
+        return sum(head(f).mean(dim=(1, 2, 3)) for head, f in zip(self.heads, maps))

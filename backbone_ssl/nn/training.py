@@ -70,14 +70,15 @@ def train_critic(optimizer, n_critic: int,
                  backward: Backward | None = None) -> torch.Tensor:
     """``n_critic`` critic updates, each on a fresh ``(real, fake) = draw(i)``; the critic's
     parameters (those of ``optimizer``) require grad throughout. ``loss_fn(real, fake)`` is the
-    critic loss (e.g. :func:`critic_loss`; detach ``fake`` there or in ``draw``). Returns the
-    last loss, detached."""
+    critic loss (e.g. :func:`critic_loss`, which detaches ``fake``; ``real`` and ``fake`` may be
+    any structure ``loss_fn`` understands). Draw fakes under ``torch.no_grad()`` to skip the
+    generator graph. Returns the last loss, detached."""
     params = optimizer_parameters(optimizer)
     set_requires_grad(params, True)
     loss = None
     for i in range(n_critic):
         real, fake = draw(i)
-        loss = loss_fn(real, fake.detach())
+        loss = loss_fn(real, fake)
         _step(optimizer, loss, backward)
     if loss is None:
         raise ValueError(f"n_critic must be >= 1, got {n_critic}")
