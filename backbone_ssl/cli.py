@@ -118,7 +118,7 @@ def _summary_line(summary: dict) -> str:
 @registrar
 def _pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain an encoder with one method")
-    p.add_argument("method", help="dino | byol | inpaint | person")
+    p.add_argument("method", help="dino | byol | inpaint | person | identity")
     p.add_argument("--config", help="YAML config (default: configs/<method>.yaml)")
     p.add_argument("--data", help="image folder / iCartoonFace root / golden prepare output")
     p.add_argument("--out", help="run directory (default runs/<method>-<time>)")
@@ -197,6 +197,9 @@ def _export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=["timm", "ssupergan"], default="timm")
+    p.add_argument("--network", choices=["teacher", "student"], default=None,
+                   help="which network of the checkpoint (default: its export.network; DINO: "
+                        "teacher, BYOL: student = online)")
     p.set_defaults(func=cmd_export)
 
 
@@ -206,9 +209,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "ssupergan":
         from backbone_ssl.ssupergan import export_ssupergan
 
-        out = export_ssupergan(args.checkpoint, args.out)
+        out = export_ssupergan(args.checkpoint, args.out, network=args.network)
     else:
-        out = export.export_checkpoint(args.checkpoint, args.out)
+        out = export.export_checkpoint(args.checkpoint, args.out, network=args.network)
     print(f"exported {args.format} encoder to {out}")
     return 0
 

@@ -81,6 +81,13 @@ class TrainerConfig:
 
 
 @dataclass
+class ExportConfig:
+    """What ``RUN/encoder/`` (and ``export CKPT``) holds and the online kNN monitor measures."""
+
+    network: str = "student"  # teacher | student: the methods' own defaults say which they have
+
+
+@dataclass
 class RunConfig:
     """Sections shared by every method. Method configs subclass this and add their section."""
 
@@ -90,6 +97,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self) -> None:
         """One-line errors for shared keys with a fixed set of values (method configs that
