@@ -123,7 +123,7 @@ def _summary_line(summary: dict) -> str:
 @registrar
 def _pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain an encoder with one method")
-    p.add_argument("method", help="dino | byol | inpaint | person")
+    p.add_argument("method", help="dino | byol | inpaint | person | identity")
     p.add_argument("--config", help="YAML config (default: configs/<method>.yaml)")
     p.add_argument("--data", help="image folder / iCartoonFace root / golden prepare output")
     p.add_argument("--out", help="run directory (default runs/<method>-<time>)")
@@ -210,6 +210,9 @@ def _export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace an earlier export at --out (only a folder holding exactly an "
                         "export's own files)")
+    p.add_argument("--network", choices=["teacher", "student"], default=None,
+                   help="which network of the checkpoint (default: its export.network; DINO: "
+                        "teacher, BYOL: student = online)")
     p.set_defaults(func=cmd_export)
 
 
@@ -221,12 +224,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         prepare_out_dir(args.out, "export ssupergan", force=args.force, sources=[args.checkpoint],
                         mark=False)
-        out = export_ssupergan(args.checkpoint, args.out)
+        out = export_ssupergan(args.checkpoint, args.out, network=args.network)
         mark_out_dir(out, "export ssupergan")
     else:
         prepare_out_dir(args.out, "export", force=args.force, sources=[args.checkpoint],
                         mark=False)
-        out = export.export_checkpoint(args.checkpoint, args.out)
+        out = export.export_checkpoint(args.checkpoint, args.out, network=args.network)
     print(f"exported {args.format} encoder to {out}")
     return 0
 

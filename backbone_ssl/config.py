@@ -81,6 +81,13 @@ class TrainerConfig:
 
 
 @dataclass
+class ExportConfig:
+    """What ``RUN/encoder/`` (and ``export CKPT``) holds and the online kNN monitor measures."""
+
+    network: str = "student"  # teacher | student: the methods' own defaults say which they have
+
+
+@dataclass
 class RunConfig:
     """Sections shared by every method. Method configs subclass this and add their section."""
 
@@ -90,6 +97,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self) -> None:
         """One-line errors for shared keys with a fixed set of values (method configs that
@@ -291,7 +299,7 @@ def check_trainer_devices(accelerator: str, devices: Any) -> None:
                         f"{accelerator} device(s)")
 
 
-def validate_shared(cfg: "RunConfig") -> None:
+def validate_shared(cfg: RunConfig) -> None:
     """Ranges and choices of the shared sections, checked at load (before any data is read)."""
     d, o, t = cfg.data, cfg.optim, cfg.trainer
     check_range(d.batch_size, "data.batch_size", 1)

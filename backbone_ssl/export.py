@@ -281,11 +281,33 @@ def checkpoint_config(ckpt: Mapping[str, Any], path: str | os.PathLike) -> dict:
     return cfg
 
 
-def backbone_from_checkpoint(path: str | os.PathLike, prefix: str = "backbone.") -> Encoder:
-    """The (student) backbone of a training checkpoint as a frozen :class:`Encoder`."""
+def checkpoint_network(cfg: Mapping[str, Any], network: str | None,
+                       path: str | os.PathLike) -> tuple[str, str]:
+    """``(network, state-dict prefix)`` of the backbone to read from a checkpoint of ``cfg``.
+
+    ``network`` (``teacher`` | ``student``; default the run's ``export.network``, else the
+    method's default) must be one the method has (UserError otherwise). A checkpoint of a method
+    this toolkit does not register holds one network: ``backbone.``.
+    """
+    from backbone_ssl.methods import METHODS
+
+    cls = METHODS.get(str(cfg.get("method", "")))
+    if cls is None:
+        if network not in (None, "student"):
+            raise UserError(f"{path}: method '{cfg.get('method')}' has no '{network}' network")
+        return "student", "backbone."
+    if network is None:
+        network = (cfg.get("export") or {}).get("network") or cls.config_cls().export.network
+    return network, cls.network_attr(network, where=f"--network for {path}") + "."
+
+
+def backbone_from_checkpoint(path: str | os.PathLike, network: str | None = None) -> Encoder:
+    """The backbone of ``network`` (default: the run's ``export.network``, e.g. DINO's teacher)
+    in a training checkpoint, as a frozen :class:`Encoder`."""
     ckpt = read_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)
     arch = cfg["model"]["arch"]
+    network, prefix = checkpoint_network(cfg, network, path)
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if not state:
         raise UserError(f"{path} has no '{prefix}*' weights")
@@ -295,7 +317,7 @@ def backbone_from_checkpoint(path: str | os.PathLike, prefix: str = "backbone.")
         module=freeze(model), arch=arch, input_size=int(cfg["data"]["image_size"]),
         mean=DEFAULT_MEAN, std=DEFAULT_STD,
         meta={"method": cfg.get("method", ""), "data": cfg["data"].get("path"),
-              "steps": int(ckpt.get("global_step", 0))},
+              "steps": int(ckpt.get("global_step", 0)), "network": network},
     )
 
 
@@ -308,14 +330,22 @@ def random_encoder(arch: str, input_size: int = 64, seed: int = 0) -> Encoder:
                    std=DEFAULT_STD, meta={"method": "random", "steps": 0})
 
 
-def resolve_encoder(spec: str, *, input_size: int | None = None, seed: int = 0) -> Encoder:
+def resolve_encoder(spec: str, *, input_size: int | None = None, seed: int = 0,
+                    network: str | None = None) -> Encoder:
     """``ENC`` on the command line: an encoder folder, a training checkpoint, or ``random:<arch>``.
+
+    ``network`` (``teacher`` | ``student``) picks the backbone of a training checkpoint (default:
+    its ``export.network``); anything else already is one network, so a ``network`` is refused.
 
     ``input_size`` applies to ``random:`` encoders (default 64) and to ``pixels`` (default 32);
     ``pixels:S`` is the raw-pixel baseline at ``S`` px (:mod:`backbone_ssl.evaluation.pixels`).
     """
     from backbone_ssl.evaluation.pixels import parse_pixels_spec, pixel_encoder
 
+    path = Path(spec)
+    if network is not None and not (path.is_file() and path.suffix != ".safetensors"):
+        raise UserError(f"--network {network} picks a network of a training checkpoint; "
+                        f"{spec} is not one")
     pixel_size = parse_pixels_spec(spec, input_size)
     if pixel_size is not None:
         return pixel_encoder(pixel_size)
@@ -323,7 +353,6 @@ def resolve_encoder(spec: str, *, input_size: int | None = None, seed: int = 0) 
         arch = spec.split(":", 1)[1]
         check_arch(arch)
         return random_encoder(arch, input_size or 64, seed)
-    path = Path(spec)
     if path.is_dir():
         return load_encoder_bundle(path)
     if path.is_file():
@@ -332,16 +361,18 @@ def resolve_encoder(spec: str, *, input_size: int | None = None, seed: int = 0) 
         if path.suffix == ".safetensors":
             read_safetensors(path)  # refuses non-safetensors with a clear line
             raise UserError(f"{path} has no {CONFIG_NAME} beside it; pass the encoder folder")
-        return backbone_from_checkpoint(path)
+        return backbone_from_checkpoint(path, network)
     raise UserError(
         f"encoder not found: {spec} (give an exported encoder folder, a .ckpt, random:<arch> "
         "or pixels[:S])"
     )
 
 
-def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """``backbone-ssl export CHECKPOINT --out DIR`` for the timm format."""
-    enc = backbone_from_checkpoint(ckpt_path)
+def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike,
+                      network: str | None = None) -> Path:
+    """``backbone-ssl export CHECKPOINT --out DIR [--network teacher|student]`` (timm format);
+    ``network`` defaults to the run's ``export.network``."""
+    enc = backbone_from_checkpoint(ckpt_path, network)
     return export_encoder(enc.module, enc.arch, out_dir, input_size=enc.input_size,
                           mean=enc.mean, std=enc.std, meta=enc.meta)
 

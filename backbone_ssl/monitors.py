@@ -9,12 +9,14 @@ from backbone_ssl.evaluation.features import embed_dataset, load_image_folder
 from backbone_ssl.evaluation.knn import knn_classify
 from backbone_ssl.evaluation.labels import align_by_name
 from backbone_ssl.export import Encoder
+from backbone_ssl.methods.support import should_validate
 
 
 class OnlineKNN(pl.Callback):
-    """kNN accuracy of the current backbone on a labelled split, every N epochs.
+    """kNN accuracy of the current backbone on a labelled split, every N epochs and at the end.
 
-    Embeds ``val_train`` (gallery) and ``val_test`` (queries) with the backbone in eval mode and
+    Embeds ``val_train`` (gallery) and ``val_test`` (queries) in eval mode with the backbone that
+    gets exported (``export.network``: DINO's teacher, BYOL's online network, ...) and
     logs ``val/knn_top1`` and ``val/knn_top5`` (faiss, cosine, temperature-weighted vote). Every
     process computes it on the same small split, so DDP ranks stay in step.
     """
@@ -32,8 +34,9 @@ class OnlineKNN(pl.Callback):
         self.k, self.t = k, t
 
     def measure(self, pl_module: pl.LightningModule) -> dict[str, float]:
-        """kNN metrics of ``pl_module.backbone`` now (train mode is restored afterwards)."""
-        backbone = pl_module.backbone
+        """kNN metrics of the exported network's backbone now (train mode is restored after)."""
+        pick = getattr(pl_module, "network_backbone", None)
+        backbone = pick() if callable(pick) else pl_module.backbone
         was_training = backbone.training
         enc = Encoder(backbone, "", self.image_size, DEFAULT_MEAN, DEFAULT_STD)
         try:
@@ -45,7 +48,7 @@ class OnlineKNN(pl.Callback):
                             k=self.k, t=self.t, num_classes=len(self.train_set.classes))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every and not trainer.is_last_batch:
+        if not should_validate(trainer, self.every):
             return
         scores = self.measure(pl_module)
         pl_module.log("val/knn_top1", scores["top1"], sync_dist=False)

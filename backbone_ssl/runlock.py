@@ -63,7 +63,7 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self._lock = FileLock(str(self.run_dir / LOCK_NAME), timeout=0)
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock (non-blocking); record pid and host; break a stale record."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -99,7 +99,7 @@ class RunLock:
                 (self.run_dir / HOLDER_NAME).unlink(missing_ok=True)
             self._lock.release()
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None,

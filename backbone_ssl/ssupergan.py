@@ -185,10 +185,11 @@ divisible by 32 (SSuperGAN's default 224 included) the padding is the same.
 {conv}"""
 
 
-def export_ssupergan(source: str | os.PathLike, out: str | os.PathLike) -> Path:
+def export_ssupergan(source: str | os.PathLike, out: str | os.PathLike,
+                     network: str | None = None) -> Path:
     """Write the SSuperGAN files for ``source`` (a training .ckpt or an exported encoder folder)
-    into ``out``; returns ``out``."""
-    encoder = resolve_encoder(str(source))
+    into ``out``; returns ``out``. ``network`` picks a checkpoint's teacher or student."""
+    encoder = resolve_encoder(str(source), network=network)
     variant = efficientnet_variant(encoder.arch)
     target = _reference_state(variant, encoder.input_size)
     state = to_efficientnet_pytorch(encoder.module.state_dict(), target)

@@ -8,6 +8,7 @@ this module only wires the run directory:
     RUN/metrics.csv              Lightning CSVLogger
     RUN/plots/*.png              loss, kNN, lr, EMA momentum, collapse monitor
     RUN/encoder/                 the exported frozen backbone (timm folder), at the end
+                                 (the `export.network` one: DINO's teacher, BYOL's online)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from backbone_ssl.errors import UserError
 from backbone_ssl.export import export_encoder, read_checkpoint
 from backbone_ssl.io import write_text_atomic
 from backbone_ssl.methods import get_method
-from backbone_ssl.methods.base import SSLMethod
+from backbone_ssl.methods.base import PretrainMethod
 from backbone_ssl.monitors import OnlineKNN
 from backbone_ssl.outdir import prepare_out_dir
 from backbone_ssl.progress import StepProgressBar
@@ -174,7 +175,7 @@ def effective_log_every(cfg: RunConfig, steps_per_epoch: int) -> int:
     return max(1, min(t.log_every_n_steps, total))
 
 
-def make_loader(model: SSLMethod, cfg: RunConfig) -> DataLoader:
+def make_loader(model: PretrainMethod, cfg: RunConfig) -> DataLoader:
     """Shuffled, resumable DataLoader over ``model.train_dataset()`` (data/sampling.py).
 
     Its sampler is a DDP-aware ``DistributedSampler`` (so Lightning keeps it) seeded by
@@ -298,8 +299,9 @@ def _pretrain_locked(method: str, cfg: RunConfig, run_dir: Path, ckpt_path: str 
     enc_dir = run_dir / "encoder"
     if trainer.is_global_zero:
         export_encoder(
-            model.backbone, cfg.model.arch, enc_dir, input_size=cfg.data.image_size,
-            meta={"method": method, "data": str(cfg.data.path), "steps": steps},
+            model.network_backbone(), cfg.model.arch, enc_dir, input_size=cfg.data.image_size,
+            meta={"method": method, "data": str(cfg.data.path), "steps": steps,
+                  "network": cfg.export.network},
         )
         plot_curves(run_dir / "metrics.csv", run_dir / "plots")
     batch = loader.batch_size or cfg.data.batch_size

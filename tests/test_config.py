@@ -15,11 +15,12 @@ def test_yaml_defaults_match_dataclass_defaults():
     from omegaconf import OmegaConf
 
     from backbone_ssl.config import default_config_file
+    from backbone_ssl.methods.identity import IdentityConfig
     from backbone_ssl.methods.inpaint import InpaintConfig
     from backbone_ssl.methods.person import PersonConfig
 
     for cls, name in ((DINOConfig, "dino"), (BYOLConfig, "byol"), (InpaintConfig, "inpaint"),
-                      (PersonConfig, "person")):
+                      (PersonConfig, "person"), (IdentityConfig, "identity")):
         shipped = OmegaConf.to_container(OmegaConf.load(default_config_file(name)))
         assert shipped == OmegaConf.to_container(OmegaConf.structured(cls)), name
 

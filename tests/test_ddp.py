@@ -27,7 +27,7 @@ def cli_command() -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["dino", "byol"])
+@pytest.mark.parametrize("method", ["dino", "byol", "identity"])
 def test_two_process_ddp_on_cpu(method, tiny_split, tmp_path):
     train, test = tiny_split  # 24 images: 12 per rank, batch 8 per rank -> 1 step per epoch
     run = tmp_path / "run"

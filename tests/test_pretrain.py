@@ -44,9 +44,9 @@ def test_pretrain_writes_the_run_contract(method, tiny_split, tmp_path):
     assert enc.meta["method"] == method and enc.meta["steps"] == 4
     ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")  # weights_only=True works
     assert ckpt["global_step"] == 4
-    # the exported encoder equals the checkpoint's student backbone
-    state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items()
-             if k.startswith("backbone.")}
+    # the exported encoder is the checkpoint's export.network: DINO's teacher, BYOL's online
+    prefix = {"dino": "teacher_backbone.", "byol": "backbone."}[method]
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     for k, v in enc.module.state_dict().items():
         torch.testing.assert_close(v, state[k])
 

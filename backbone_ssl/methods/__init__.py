@@ -5,17 +5,18 @@ from __future__ import annotations
 import difflib
 
 from backbone_ssl.errors import UserError
-from backbone_ssl.methods.base import SSLMethod
+from backbone_ssl.methods.base import PretrainMethod, SSLMethod
 from backbone_ssl.methods.byol import BYOL
 from backbone_ssl.methods.dino import DINO
+from backbone_ssl.methods.identity import Identity
 from backbone_ssl.methods.inpaint import Inpaint
 from backbone_ssl.methods.person import Person
 
-METHODS: dict[str, type[SSLMethod]] = {"dino": DINO, "byol": BYOL, "inpaint": Inpaint,
-                                      "person": Person}
+METHODS: dict[str, type[PretrainMethod]] = {"dino": DINO, "byol": BYOL, "inpaint": Inpaint,
+                                            "person": Person, "identity": Identity}
 
 
-def get_method(name: str) -> type[SSLMethod]:
+def get_method(name: str) -> type[PretrainMethod]:
     """The method class registered under ``name`` (UserError naming the valid ones otherwise)."""
     try:
         return METHODS[name]
@@ -26,4 +27,4 @@ def get_method(name: str) -> type[SSLMethod]:
             f"unknown method '{name}' (choose from {', '.join(METHODS)}){hint}") from None
 
 
-__all__ = ["METHODS", "SSLMethod", "get_method"]
+__all__ = ["METHODS", "PretrainMethod", "SSLMethod", "get_method"]

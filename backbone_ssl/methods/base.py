@@ -1,9 +1,19 @@
-"""The base LightningModule every pretraining method subclasses (solo-learn style).
+"""The base LightningModules every pretraining method subclasses (solo-learn style).
 
-It owns the shared machinery: the timm backbone, the optimiser with lightly's linear-warm-up +
-cosine schedule (per step), the EMA momentum schedule, the collapse monitor, the non-finite-loss
-guard and the skipped-image counter. A method file adds only its heads, its transform and its loss
-(:meth:`SSLMethod.ssl_step`).
+- :class:`PretrainMethod` owns what every method shares: the timm backbone (``model.weights``),
+  the optimiser with lightly's linear-warm-up + cosine schedule (per step), lr scaling,
+  ``trainer.channels_last``, the skipped-image counter, and the *network contract*: which
+  backbone ``export.network`` / ``export --network`` names (``teacher`` or ``student``), the one
+  that is exported and that the online kNN monitor measures (:attr:`PretrainMethod.networks`).
+- :class:`SSLMethod` (dino, byol, the other lightly methods): augmented views of unlabelled
+  images; a method file adds its heads, :meth:`SSLMethod.train_transform` and
+  :meth:`SSLMethod.ssl_step`; the base adds the EMA momentum schedule, the collapse monitor and
+  the non-finite-loss guard.
+- :class:`SupervisedMethod` (person, identity): labelled ``(image, label)`` batches; a method file
+  adds its head/loss, :meth:`SupervisedMethod.train_transform` (one view) and
+  :meth:`SupervisedMethod.supervised_step`.
+- Methods with their own loop (inpaint: encoder-decoder + critics, manual optimisation) subclass
+  :class:`PretrainMethod` and implement ``train_dataset`` and ``training_step`` themselves.
 """
 
 from __future__ import annotations
@@ -47,15 +57,34 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a training loss is NaN or infinite; the run stops, last.ckpt is kept."""
 
 
-class SSLMethod(pl.LightningModule):
-    """Shared base: backbone + optimiser + schedules + monitors.
+#: the values ``export.network`` and ``export --network`` take
+NETWORK_CHOICES = ("teacher", "student")
+
+
+class PretrainMethod(pl.LightningModule):
+    """Shared base of every method: backbone + optimiser + schedule + network contract.
 
     Subclasses set :attr:`name`, :attr:`config_cls`, build their heads in ``__init__`` and
-    implement :meth:`train_transform` and :meth:`ssl_step`.
+    implement :meth:`train_dataset` and ``training_step`` (or subclass :class:`SSLMethod` /
+    :class:`SupervisedMethod`, which implement them).
     """
 
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[RunConfig]] = RunConfig
+    #: network name (``teacher`` | ``student``) -> attribute holding that network's timm backbone.
+    #: ``student`` is the network the optimiser trains (BYOL's online network); ``teacher`` is an
+    #: EMA copy, where a method has one. A name missing here is refused (exit 2).
+    networks: ClassVar[dict[str, str]] = {"student": "backbone"}
+
+    @classmethod
+    def network_attr(cls, network: str, where: str = "config key 'export.network'") -> str:
+        """The attribute holding ``network``'s backbone; UserError naming the valid choices."""
+        if network not in cls.networks:
+            valid = " or ".join(f"'{n}'" for n in cls.networks)
+            kind = ("is not one of teacher, student" if network not in NETWORK_CHOICES
+                    else f"does not exist for method '{cls.name}'")
+            raise UserError(f"{where}: network '{network}' {kind}; choose {valid}")
+        return cls.networks[network]
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__()
@@ -66,36 +95,17 @@ class SSLMethod(pl.LightningModule):
         if cfg.model.weights:
             load_initial_weights(self.backbone, cfg.model.weights)
         self.skipped_images = 0
+        self.network_attr(cfg.export.network)  # refuse a network this method lacks, up front
+
+    def network_backbone(self, network: str | None = None) -> nn.Module:
+        """The backbone of ``network`` (default ``export.network``): exported, and measured by
+        the online kNN monitor."""
+        return getattr(self, self.network_attr(network or self.cfg.export.network))
 
     # ---- to implement -------------------------------------------------------------------
-    def train_transform(self) -> Callable:
-        """PIL image -> list of augmented view tensors (a lightly ``*Transform``)."""
-        raise NotImplementedError
-
-    def ssl_step(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views ``V x [B,3,H,W]`` -> ``(loss [], embeddings [B,D])`` (embeddings feed the
-        collapse monitor)."""
-        raise NotImplementedError
-
     def train_dataset(self) -> Dataset:
-        """The training set: augmented views of every image under ``data.path``.
-
-        Items are ``(views, label, skipped)`` (see :class:`PretrainViews`); methods with another
-        kind of data (panels, labels) override this and :meth:`training_step`.
-        """
-        images = ImageFolderDataset(resolve_image_root(self.cfg.data.path))
-        data = self.cfg.data
-        if data.cache or data.batch_augment:  # decode once into a memory-mapped uint8 file
-            from backbone_ssl.data.cache import CachedImages
-
-            images = CachedImages(images, data.image_size, data.max_images,
-                                  num_workers=data.num_workers)
-        if data.batch_augment:  # workers draw parameters; on_after_batch_transfer renders
-            from backbone_ssl.data.batch_views import BatchedViews, recipes_from
-
-            self.view_recipes = recipes_from(self.train_transform())
-            return BatchedViews(images, self.view_recipes, data.max_images)
-        return PretrainViews(images, self.train_transform(), data.max_images)
+        """The training set the run's loader iterates."""
+        raise NotImplementedError
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["skipped_images"] = int(self.skipped_images)
@@ -113,13 +123,7 @@ class SSLMethod(pl.LightningModule):
             self.to(memory_format=torch.contiguous_format)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Render batched views (``data.batch_augment``, on the device); with
-        ``trainer.channels_last``, every ``[B,C,H,W]`` tensor of the batch in NHWC."""
-        first = batch[0] if isinstance(batch, (list, tuple)) and batch else None
-        if isinstance(first, dict) and "params" in first:
-            from backbone_ssl.data.batch_views import render_views
-
-            batch = [render_views(first, self.view_recipes), *batch[1:]]
+        """With ``trainer.channels_last``, every ``[B,C,H,W]`` tensor of the batch in NHWC."""
         if not self.cfg.trainer.channels_last:
             return batch
         return apply_to_collection(
@@ -143,29 +147,6 @@ class SSLMethod(pl.LightningModule):
             return 1
         est = trainer.estimated_stepping_batches
         return max(1, int(est) if math.isfinite(est) else 1)
-
-    def momentum_at(self, start: float, end: float) -> float:
-        """EMA momentum for the current step: lightly's cosine schedule from start to end."""
-        return cosine_schedule(self.global_step, self.total_steps, start, end)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        views, _labels, skipped = batch
-        loss, embeddings = self.ssl_step(views)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at step {self.global_step}; "
-                "try a lower optim.lr or trainer.precision=32-true; the last checkpoint is kept"
-            )
-        n_skipped = int(skipped.sum().item()) if torch.is_tensor(skipped) else int(sum(skipped))
-        self.skipped_images += n_skipped
-        bs = views[0].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
-        self.log("train/collapse_std", std_of_l2_normalized(embeddings.detach().float()),
-                 batch_size=bs)
-        self.log("train/skipped_images", float(self.skipped_images), batch_size=bs,
-                 reduce_fx="max")
-        return loss
 
     def trainable_modules(self) -> list[nn.Module]:
         """Modules the optimiser updates (the student side); EMA copies are excluded."""
@@ -205,3 +186,75 @@ class SSLMethod(pl.LightningModule):
         world = trainer.world_size if trainer is not None else 1
         factor = {"none": 1.0, "linear": float(world), "sqrt": math.sqrt(world)}[cfg.lr_scaling]
         return cfg.lr * factor
+
+
+class SSLMethod(PretrainMethod):
+    """Self-supervised methods on augmented views: backbone + heads + EMA schedule + monitors.
+
+    Subclasses set :attr:`name`, :attr:`config_cls`, build their heads in ``__init__`` and
+    implement :meth:`train_transform` and :meth:`ssl_step`; a method with an EMA teacher adds
+    ``"teacher"`` to :attr:`networks`.
+    """
+
+    # ---- to implement -------------------------------------------------------------------
+    def train_transform(self) -> Callable:
+        """PIL image -> list of augmented view tensors (a lightly ``*Transform``)."""
+        raise NotImplementedError
+
+    def ssl_step(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views ``V x [B,3,H,W]`` -> ``(loss [], embeddings [B,D])`` (embeddings feed the
+        collapse monitor)."""
+        raise NotImplementedError
+
+    def train_dataset(self) -> Dataset:
+        """The training set: augmented views of every image under ``data.path``.
+
+        Items are ``(views, label, skipped)`` (see :class:`PretrainViews`); methods with another
+        kind of data (panels, labels) override this and :meth:`training_step`.
+        """
+        images = ImageFolderDataset(resolve_image_root(self.cfg.data.path))
+        data = self.cfg.data
+        if data.cache or data.batch_augment:  # decode once into a memory-mapped uint8 file
+            from backbone_ssl.data.cache import CachedImages
+
+            images = CachedImages(images, data.image_size, data.max_images,
+                                  num_workers=data.num_workers)
+        if data.batch_augment:  # workers draw parameters; on_after_batch_transfer renders
+            from backbone_ssl.data.batch_views import BatchedViews, recipes_from
+
+            self.view_recipes = recipes_from(self.train_transform())
+            return BatchedViews(images, self.view_recipes, data.max_images)
+        return PretrainViews(images, self.train_transform(), data.max_images)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Render batched views (``data.batch_augment``, on the device), then the base's
+        ``trainer.channels_last`` conversion."""
+        first = batch[0] if isinstance(batch, (list, tuple)) and batch else None
+        if isinstance(first, dict) and "params" in first:
+            from backbone_ssl.data.batch_views import render_views
+
+            batch = [render_views(first, self.view_recipes), *batch[1:]]
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
+    def momentum_at(self, start: float, end: float) -> float:
+        """EMA momentum for the current step: lightly's cosine schedule from start to end."""
+        return cosine_schedule(self.global_step, self.total_steps, start, end)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        views, _labels, skipped = batch
+        loss, embeddings = self.ssl_step(views)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at step {self.global_step}; "
+                "try a lower optim.lr or trainer.precision=32-true; the last checkpoint is kept"
+            )
+        n_skipped = int(skipped.sum().item()) if torch.is_tensor(skipped) else int(sum(skipped))
+        self.skipped_images += n_skipped
+        bs = views[0].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        self.log("train/collapse_std", std_of_l2_normalized(embeddings.detach().float()),
+                 batch_size=bs)
+        self.log("train/skipped_images", float(self.skipped_images), batch_size=bs,
+                 reduce_fx="max")
+        return loss

@@ -52,6 +52,8 @@ class BYOL(SSLMethod):
 
     name = "byol"
     config_cls = BYOLConfig
+    #: the paper keeps the online network (student); the target is its EMA (teacher)
+    networks = {"student": "backbone", "teacher": "backbone_momentum"}
 
     def __init__(self, cfg: BYOLConfig) -> None:
         super().__init__(cfg)

@@ -19,7 +19,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.transforms.dino_transform import DINOTransform
 from lightly.utils.scheduler import linear_warmup_schedule
 
-from backbone_ssl.config import RunConfig
+from backbone_ssl.config import ExportConfig, RunConfig
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.errors import UserError
 from backbone_ssl.methods.base import SSLMethod
@@ -60,6 +60,8 @@ class DINOSection:
 class DINOConfig(RunConfig):
     method: str = "dino"
     dino: DINOSection = field(default_factory=DINOSection)
+    # the paper evaluates the EMA teacher: export it and let the kNN monitor measure it
+    export: ExportConfig = field(default_factory=lambda: ExportConfig(network="teacher"))
 
     def validate(self) -> None:
         super().validate()
@@ -77,6 +79,7 @@ class DINO(SSLMethod):
 
     name = "dino"
     config_cls = DINOConfig
+    networks = {"teacher": "teacher_backbone", "student": "backbone"}
 
     def __init__(self, cfg: DINOConfig) -> None:
         super().__init__(cfg)

@@ -68,7 +68,7 @@ from backbone_ssl.data.datasets import DECODE_ERRORS, ImageFolderDataset, resolv
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.errors import UserError
 from backbone_ssl.io import atomic_path, open_rgb
-from backbone_ssl.methods.base import SSLMethod
+from backbone_ssl.methods.base import PretrainMethod
 from backbone_ssl.methods.masks import MaskGenerator, fit_box, mask_boxes
 from backbone_ssl.methods.support import check_finite, plots_dir, should_validate, split_indices
 from backbone_ssl.nn.critics import ConvDiscriminator, crop_boxes
@@ -371,7 +371,7 @@ def completion_metrics(pred: torch.Tensor, target: torch.Tensor,
 
 
 # ---- the method ---------------------------------------------------------------------------------
-class Inpaint(SSLMethod):
+class Inpaint(PretrainMethod):
     """Masked-region completion with a timm encoder + coarse decoder + global/local critics."""
 
     name = "inpaint"

@@ -38,8 +38,8 @@ from backbone_ssl.config import DataConfig, ModelConfig, RunConfig
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.errors import UserError
 from backbone_ssl.io import atomic_path
-from backbone_ssl.methods.base import SSLMethod
-from backbone_ssl.methods.support import check_finite, plots_dir, should_validate
+from backbone_ssl.methods.supervised import SupervisedMethod
+from backbone_ssl.methods.support import plots_dir, should_validate
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def plot_confusion(matrix: np.ndarray, out_png: Any, title: str) -> None:
     plt.close(fig)
 
 
-class Person(SSLMethod):
+class Person(SupervisedMethod):
     """Binary person / no-person classifier on comic panels (supervised pretraining)."""
 
     name = "person"
@@ -175,18 +175,14 @@ class Person(SSLMethod):
     def trainable_modules(self) -> list[nn.Module]:
         return [self.backbone, self.classifier]
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
+    def supervised_step(self, x: torch.Tensor, y: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary cross-entropy of the person logit; also logs ``train/person_fraction``."""
         logits = self.forward_logits(x)
         loss = F.binary_cross_entropy_with_logits(logits, y.float())
-        check_finite(loss, self.global_step)
-        bs = x.shape[0]
         acc = ((logits > 0).long() == y).float().mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log("train/acc", acc, batch_size=bs)
-        self.log("train/person_fraction", y.float().mean(), batch_size=bs)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
-        return loss
+        self.log("train/person_fraction", y.float().mean(), batch_size=x.shape[0])
+        return loss, acc
 
     @torch.no_grad()
     def predict_held_out(self) -> tuple[np.ndarray, np.ndarray]:

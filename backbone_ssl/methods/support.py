@@ -1,5 +1,6 @@
-"""Helpers shared by the supervised-style methods (``inpaint``, ``person``): the non-finite-loss
-guard, a seeded held-out split, when to run the held-out evaluation, and where plots go."""
+"""Helpers shared by the methods with their own training step (``inpaint``, ``person``,
+``identity``) and the online monitors: the non-finite-loss guard, a seeded held-out split, when to
+run a held-out evaluation, and where plots go."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def should_validate(trainer: pl.Trainer, every_n_epochs: int) -> bool:
         return True
     if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
         return True
-    return trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+    max_epochs = trainer.max_epochs  # -1 or None: unbounded (the run ends by max_steps)
+    return max_epochs is not None and max_epochs > 0 and trainer.current_epoch + 1 >= max_epochs
 
 
 def plots_dir(trainer: pl.Trainer) -> Path:

@@ -1,0 +1,40 @@
+"""The base of supervised pretraining methods (``person``, ``identity``).
+
+A supervised method trains the backbone plus a head on labelled ``(image [B,3,H,W], label [B])``
+batches; its file adds the head and loss (:meth:`SupervisedMethod.supervised_step`), the one-view
+:meth:`SupervisedMethod.train_transform` and :meth:`~PretrainMethod.train_dataset`. It has one
+network, the trained one (``export.network: student``); the export is the backbone alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from backbone_ssl.methods.base import PretrainMethod
+from backbone_ssl.methods.support import check_finite
+
+
+class SupervisedMethod(PretrainMethod):
+    """Backbone + head trained on labels; logs ``train/loss``, ``train/acc`` and ``train/lr``."""
+
+    def train_transform(self) -> Callable:
+        """PIL image -> one augmented, normalised ``[3,S,S]`` tensor."""
+        raise NotImplementedError
+
+    def supervised_step(self, x: torch.Tensor, y: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``[B,3,H,W]``, labels ``[B]`` -> ``(loss [], accuracy [])`` (both tensors:
+        no host sync)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss, acc = self.supervised_step(x, y)
+        check_finite(loss, self.global_step)
+        bs = x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/acc", acc, batch_size=bs)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        return loss
