@@ -87,8 +87,10 @@ def loss_collapsed(losses: Sequence[float], collapse_value: float | None,
     return all(abs(v - collapse_value) <= tol for v in losses[-window:])
 
 
-def std_collapsed(std: float, dim: int, fraction: float = STD_COLLAPSE_FRACTION) -> bool:
-    """Whether the feature std is below ``fraction`` of the healthy level ``1/sqrt(dim)``."""
+def std_collapsed(std: float, dim: int, fraction: float | None = None) -> bool:
+    """Whether the feature std is below ``fraction`` (default :data:`STD_COLLAPSE_FRACTION`) of
+    the healthy level ``1/sqrt(dim)``."""
+    fraction = STD_COLLAPSE_FRACTION if fraction is None else fraction
     return std < fraction * healthy_std(dim)
 
 

@@ -206,8 +206,8 @@ def pretrain(method: str, *, config_file: str | None = None, data: str | None = 
         plot_curves(run_dir / "metrics.csv", run_dir / "plots")
     batch = loader.batch_size or cfg.data.batch_size
     if collapse.collapsed:
-        log.warning("the encoder is marked collapsed: true (%s); see docs/COLLAPSE.md",
-                    collapse.message)
+        log.warning("the encoder is marked collapsed: true (signal: %s at step %s); see "
+                    "docs/COLLAPSE.md", collapse.signal, collapse.step)
     ips = (steps - steps_before) * batch * trainer.world_size / max(seconds, 1e-9)
     if model.skipped_images:
         log.warning("skipped %d undecodable image reads during training", model.skipped_images)
