@@ -62,6 +62,8 @@ class FlushingCheckpoint(ModelCheckpoint):
     """
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        if any(getattr(cb, "hold_checkpoints", False) for cb in trainer.callbacks):
+            return  # the collapse monitor stopped the run: last.ckpt keeps the last good state
         for logger in trainer.loggers:
             logger.save()
         super()._save_checkpoint(trainer, filepath)

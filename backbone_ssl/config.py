@@ -78,6 +78,7 @@ class TrainerConfig:
     limit_train_batches: Optional[float] = None
     channels_last: bool = False  # NHWC model + batches (faster convs on GPU and oneDNN CPUs)
     sync_batchnorm: bool = False  # DDP: BatchNorm statistics over all processes (Lightning's)
+    stop_on_collapse: bool = False  # end the run when the collapse monitor fires (monitors.py)
 
 
 @dataclass

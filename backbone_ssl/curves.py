@@ -19,6 +19,15 @@ CURVES: dict[str, tuple[str, ...]] = {
     "hole_ssim": ("val/ssim", "val/meanfill_ssim"),
     "gan": ("train/d_loss", "train/adv", "train/l1"),
     "person": ("val/acc", "val/balanced_acc", "val/roc_auc"),
+    "teacher": ("train/teacher_entropy", "train/teacher_student_kl"),
+}
+
+#: plot file -> (reference column, label) drawn as dashed horizontal lines at the column's last
+#: value: the healthy level a reader compares the curve with, or the value a collapse gives
+REFERENCES: dict[str, tuple[tuple[str, str], ...]] = {
+    "collapse": (("train/collapse_std_healthy", "healthy 1/sqrt(d)"),),
+    "loss": (("train/loss_collapse_value", "collapse value"),),
+    "teacher": (("train/loss_collapse_value", "log K (uniform)"),),
 }
 
 
@@ -51,6 +60,8 @@ def plot_curves(metrics_csv: str | Path, plots_dir: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from backbone_ssl.monitors import STD_COLLAPSE_FRACTION
+
     series = read_metrics(metrics_csv)
     plots_dir = Path(plots_dir)
     written: list[Path] = []
@@ -62,6 +73,13 @@ def plot_curves(metrics_csv: str | Path, plots_dir: str | Path,
         for col in present:
             steps, values = zip(*series[col])
             ax.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3, label=col)
+        for col, label in REFERENCES.get(name, ()):
+            if series.get(col):
+                level = series[col][-1][1]
+                ax.axhline(level, ls="--", color="green", lw=1, label=f"{label} {level:.3g}")
+                if name == "collapse":
+                    ax.axhline(level * STD_COLLAPSE_FRACTION, ls=":", color="red", lw=1,
+                               label="collapse threshold (1/3)")
         ax.set_xlabel("step")
         ax.set_title(name)
         ax.grid(alpha=0.3)

@@ -34,7 +34,7 @@ from backbone_ssl.export import export_encoder, read_checkpoint
 from backbone_ssl.io import write_text_atomic
 from backbone_ssl.methods import get_method
 from backbone_ssl.methods.base import PretrainMethod
-from backbone_ssl.monitors import OnlineKNN
+from backbone_ssl.monitors import CollapseMonitor, OnlineKNN
 from backbone_ssl.outdir import prepare_out_dir
 from backbone_ssl.progress import StepProgressBar
 from backbone_ssl.runlock import RunLock
@@ -210,6 +210,15 @@ def check_trainer_options(cfg: RunConfig) -> None:
                         "the CPU")
 
 
+def collapse_warmup_fraction(cfg: RunConfig) -> float:
+    """Fraction of the steps before the collapse monitor may fire: the lr warm-up, at least 10%
+    (DINO: also its teacher-temperature warm-up), when a fresh head still sits near its collapse
+    value."""
+    frac = max(cfg.optim.warmup_fraction, 0.1)
+    method_section = getattr(cfg, cfg.method, None)
+    return max(frac, float(getattr(method_section, "warmup_teacher_temp_fraction", 0.0)))
+
+
 def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list,
                  log_every: int | None = None) -> pl.Trainer:
     """A Lightning Trainer configured from ``cfg.trainer``, logging into ``run_dir``."""
@@ -280,6 +289,9 @@ def _pretrain_locked(method: str, cfg: RunConfig, run_dir: Path, ckpt_path: str 
         callbacks.insert(0, OnlineKNN(cfg.data.val_train, cfg.data.val_test,
                                    image_size=cfg.data.image_size,
                                    every_n_epochs=cfg.data.val_every_n_epochs))
+    collapse = CollapseMonitor(warmup_fraction=collapse_warmup_fraction(cfg),
+                               stop=cfg.trainer.stop_on_collapse)
+    callbacks.append(collapse)
     steps_per_epoch = max(1, len(loader))
     trainer = make_trainer(cfg, run_dir, callbacks, effective_log_every(cfg, steps_per_epoch))
     if ckpt_path and rank_zero_only.rank == 0:
@@ -295,16 +307,20 @@ def _pretrain_locked(method: str, cfg: RunConfig, run_dir: Path, ckpt_path: str 
     seconds = time.perf_counter() - start
     steps = int(trainer.global_step)
     # the final state, whatever the step count, so --resume and export see the finished run
-    trainer.save_checkpoint(run_dir / LAST_CKPT, weights_only=False)
+    if not collapse.hold_checkpoints:  # a collapse stop keeps the last good checkpoint
+        trainer.save_checkpoint(run_dir / LAST_CKPT, weights_only=False)
     enc_dir = run_dir / "encoder"
     if trainer.is_global_zero:
         export_encoder(
             model.network_backbone(), cfg.model.arch, enc_dir, input_size=cfg.data.image_size,
             meta={"method": method, "data": str(cfg.data.path), "steps": steps,
-                  "network": cfg.export.network},
+                  "network": cfg.export.network, **collapse.export_meta()},
         )
         plot_curves(run_dir / "metrics.csv", run_dir / "plots")
     batch = loader.batch_size or cfg.data.batch_size
+    if collapse.collapsed:
+        log.warning("the encoder is marked collapsed: true (signal: %s at step %s); see "
+                    "docs/COLLAPSE.md", collapse.signal, collapse.step)
     ips = (steps - steps_before) * batch * trainer.world_size / max(seconds, 1e-9)
     if model.skipped_images:
         log.warning("skipped %d undecodable image reads during training", model.skipped_images)

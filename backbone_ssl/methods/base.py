@@ -25,7 +25,6 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 from lightly.models.utils import get_weight_decay_parameters
-from lightly.utils.debug import std_of_l2_normalized
 from lightly.utils.scheduler import cosine_schedule, cosine_warmup_schedule
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import Dataset
@@ -103,6 +102,26 @@ class PretrainMethod(pl.LightningModule):
         return getattr(self, self.network_attr(network or self.cfg.export.network))
 
     # ---- to implement -------------------------------------------------------------------
+    # ---- collapse monitor hooks (monitors.CollapseMonitor; a new method adds its own) ----------
+    def collapse_value(self) -> float | None:
+        """The loss a collapsed (constant) output gives, or None when no such value exists.
+
+        The monitor calls a loss that sits flat within 0.5% of it after warm-up a collapse.
+        DINO returns ``log K`` (uniform teacher), BYOL/SimSiam-style negative cosine losses
+        ``-1`` (a constant target is predicted exactly).
+        """
+        return None
+
+    def collapse_signals(self) -> dict[str, torch.Tensor]:
+        """The method's own collapse signals from the last training step, ``{name: scalar
+        tensor}`` on the device (e.g. DINO's ``train/teacher_entropy``). Called only at logging
+        steps, so computing them here costs nothing on the other steps; logged as given."""
+        return {}
+
+    def collapse_advice(self, signal: str) -> str:
+        """What to try when ``signal`` (``"loss"`` or ``"std"``) collapsed: one short phrase."""
+        return "a lower optim.lr or a shorter optim.warmup_fraction"
+
     def train_dataset(self) -> Dataset:
         """The training set the run's loader iterates."""
         raise NotImplementedError
@@ -253,8 +272,7 @@ class SSLMethod(PretrainMethod):
         bs = views[0].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
-        self.log("train/collapse_std", std_of_l2_normalized(embeddings.detach().float()),
-                 batch_size=bs)
+        self.collapse_embeddings = embeddings.detach()  # read by monitors.CollapseMonitor
         self.log("train/skipped_images", float(self.skipped_images), batch_size=bs,
                  reduce_fx="max")
         return loss

@@ -88,6 +88,15 @@ class BYOL(SSLMethod):
         """``[B,3,H,W]`` -> target projection ``[B,D]`` (no gradient)."""
         return self.projection_head_momentum(self.backbone_momentum(x)).detach()
 
+    # ---- collapse monitor hooks (SSLMethod) ---------------------------------------------------
+    def collapse_value(self) -> float:
+        """``-1``: a constant output lets the predictor match the constant target exactly."""
+        return -1.0
+
+    def collapse_advice(self, signal: str) -> str:
+        return ("a lower optim.lr, a slower target (byol.momentum_start=0.996) or a wider "
+                "byol.pred_hidden_dim (docs/COLLAPSE.md)")
+
     def ssl_step(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.cfg.byol
         m = self.momentum_at(b.momentum_start, b.momentum_end)

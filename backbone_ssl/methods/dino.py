@@ -8,6 +8,7 @@ update and the schedules all come from lightly.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -137,9 +138,38 @@ class DINO(SSLMethod):
             teacher_out = [self.teacher_head(self.teacher_backbone(v)) for v in global_views]
         feats = [self.backbone(v) for v in views]
         student_out = [self.student_head(f) for f in feats]
-        loss = self.criterion(teacher_out, student_out, teacher_temp=self.teacher_temp_now())
+        temp = self.teacher_temp_now()
+        center = self.criterion.center.detach().clone()  # the centre this step's loss uses
+        loss = self.criterion(teacher_out, student_out, teacher_temp=temp)
+        # kept for collapse_signals(), which computes only at logging steps
+        self._collapse_state = (torch.stack(teacher_out).detach(), center, temp, loss.detach())
         self.log("train/ema_momentum", m, batch_size=views[0].shape[0])
         return loss, feats[0]
+
+    # ---- collapse monitor hooks (SSLMethod) ---------------------------------------------------
+    def collapse_value(self) -> float:
+        """``log K``: the cross-entropy when the (centred) teacher is uniform over K prototypes."""
+        return math.log(self.cfg.dino.output_dim)
+
+    def collapse_signals(self) -> dict[str, torch.Tensor]:
+        """``train/teacher_entropy``: mean entropy of the centred, sharpened teacher softmax
+        (``log K`` = uniform collapse, 0 = one-prototype collapse), and
+        ``train/teacher_student_kl`` = loss - that entropy: the mean KL(teacher || student) over
+        the loss's view pairs (each teacher view enters equally often). DINO paper Sec. 5.3."""
+        state = getattr(self, "_collapse_state", None)
+        if state is None:
+            return {}
+        teacher, center, temp, loss = state
+        log_p = torch.log_softmax((teacher.float() - center) / temp, dim=-1)  # [2,B,K]
+        entropy = -(log_p.exp() * log_p).sum(-1).mean()
+        return {"train/teacher_entropy": entropy, "train/teacher_student_kl": loss - entropy}
+
+    def collapse_advice(self, signal: str) -> str:
+        if signal == "loss":  # uniform teacher: centring beats sharpening
+            return ("dino.batch_norm_head=true, a faster teacher (dino.momentum_start=0.99), "
+                    "a lower dino.teacher_temp or a lower optim.lr (docs/COLLAPSE.md)")
+        return ("dino.batch_norm_head=true, a lower optim.lr or a higher dino.center_momentum "
+                "(docs/COLLAPSE.md)")
 
     def on_after_backward(self) -> None:
         self.student_head.cancel_last_layer_gradients(current_epoch=self.current_epoch)
