@@ -3,7 +3,8 @@
 Each trial is one :func:`backbone_ssl.train.pretrain` run into ``OUT/trial_<n>/``; its objective is
 the validation kNN top-1 of the exported encoder (gallery ``data.val_train``, queries
 ``data.val_test``: a validation split, never test). The study lives in ``OUT/study.db`` (optuna
-SQLite storage), so re-running the same command continues it: finished trials are not redone, a trial killed mid-run is marked failed.
+SQLite storage), so re-running the same command continues it: finished trials are not redone,
+a trial killed mid-run is marked failed.
 
 Outputs: ``OUT/trials.csv``, ``OUT/best.yaml`` (the best trial's full config, accepted by
 ``backbone-ssl pretrain METHOD --config OUT/best.yaml``) and ``OUT/plots/objective_vs_<param>.png``.

@@ -1,4 +1,4 @@
-"""Golden faces by character: golden's own crops, filed by ground-truth character, split by panel."""
+"""Golden faces by character: golden's crops filed by ground-truth character, split by panel."""
 
 from __future__ import annotations
 

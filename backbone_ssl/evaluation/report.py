@@ -359,7 +359,8 @@ def _icartoonface_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """Markdown tables of a report (accuracies in %): kNN and linear probe with one row per
-    encoder (random init second, raw pixels third), then iCartoonFace rows when that protocol has been run."""
+    encoder (random init second, raw pixels third), then iCartoonFace rows when that protocol
+    has been run."""
     rows = [(_encoder_label(report.get("encoder", {})), report)]
     if isinstance(base := report.get("baseline"), dict):
         rows.append((f"baseline: {base.get('arch', '?')}", base))
