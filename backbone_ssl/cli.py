@@ -154,7 +154,8 @@ def _eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--t", type=float, default=0.07)
     p.add_argument("--baseline", action="store_true",
-                   help="also evaluate a random-init encoder of the same architecture")
+                   help="also evaluate a random-init encoder of the same architecture and raw "
+                        "pixels at the encoder's input size")
     p.add_argument("--knn-index", choices=["flat", "ivf"], default="flat",
                    help="flat: exact (default); ivf: approximate faiss IVF search for galleries "
                         "of about 1M vectors and more (the report records it)")
@@ -181,20 +182,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     sources=[args.encoder, args.train, args.test, args.icartoonface])
     encoder = resolve_encoder(args.encoder)
     mark_out_dir(args.out, "eval")  # only once the encoder loaded: no empty folder on a typo
-    baseline = None
+    baseline = pixels = None
     if args.baseline:
+        from backbone_ssl.evaluation.pixels import pixels_like
+
         baseline = resolve_encoder(f"random:{encoder.arch}", input_size=encoder.input_size,
                                    seed=args.seed)
+        pixels = pixels_like(encoder)
     report = None
     if args.train and args.test:
         report = run_eval(encoder, args.train, args.test, args.out, k=args.k, t=args.t,
                           baseline=baseline, seed=args.seed, batch_size=args.batch_size,
-                          knn_index=args.knn_index, nprobe=args.nprobe)
+                          knn_index=args.knn_index, nprobe=args.nprobe, pixels=pixels)
     if args.icartoonface:
         from backbone_ssl.evaluation.icartoonface import run_icartoonface_eval
 
         report = run_icartoonface_eval(encoder, args.icartoonface, args.out, baseline=baseline,
-                                       batch_size=args.batch_size)
+                                       batch_size=args.batch_size, pixels=pixels)
     print(format_table(report))
     print(f"report: {Path(args.out) / 'report.json'}")
     return 0

@@ -1,9 +1,13 @@
 """Method comparison on the embedded toy data: ``python -m backbone_ssl.compare``.
 
-Pretrains every method (DINO, BYOL, inpainting, person / no-person) with the same architecture,
-batch size, input size and number of steps, evaluates each exported encoder on the toy-face
-identities (``split/train`` as gallery / probe training set, ``split/test`` as queries: kNN top-1
-and linear-probe top-1) beside a random-init encoder of the same architecture, and writes
+Pretrains every registered method (``backbone_ssl.methods.METHODS``: DINO, BYOL, inpainting,
+person / no-person, and whatever else is registered) with the same architecture, batch size,
+input size and number of steps (or, with ``--minutes M``, the same wall-clock budget), records
+each run's budget (steps, images seen, wall time, FLOPs of one training step), evaluates each
+exported encoder on the toy-face identities (``split/train`` as gallery / probe training set,
+``split/test`` as queries: kNN top-1 and linear-probe top-1; the online monitor uses
+``split/val``) beside a random-init encoder of the same architecture and raw pixels, also kNN on
+golden faces by character (:mod:`backbone_ssl.data.faces_by_character`), and writes
 ``OUT/compare.md`` (the table) and ``OUT/compare.json``.
 
 Data: DINO, BYOL and inpainting pretrain on the toy faces' ``split/train`` images (labels unused);
@@ -23,12 +27,50 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import pytorch_lightning as pl
+from torch.utils.flop_counter import FlopCounterMode
+
 from backbone_ssl.errors import UserError
 from backbone_ssl.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-METHOD_ORDER = ("dino", "byol", "inpaint", "person")
+#: Methods shown first, in this order; every other method in the registry follows.
+METHOD_ORDER = ("dino", "byol", "inpaint", "person", "identity")
+
+
+def registered_methods() -> list[str]:
+    """Every method of :data:`backbone_ssl.methods.METHODS`, :data:`METHOD_ORDER` first."""
+    from backbone_ssl.methods import METHODS
+
+    return [m for m in METHOD_ORDER if m in METHODS] + sorted(set(METHODS) - set(METHOD_ORDER))
+
+
+class Budget(pl.Callback):
+    """Measures a run's budget: FLOPs of its first training step (forward, backward and optimiser,
+    ``torch.utils.flop_counter.FlopCounterMode``) and, with ``minutes``, stops training once that
+    much wall-clock time has passed since the first step (the same budget for every method)."""
+
+    def __init__(self, minutes: float | None = None) -> None:
+        self.minutes = minutes
+        self.flops_per_step: int | None = None
+        self._counter: FlopCounterMode | None = None
+        self._start: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+        if self.flops_per_step is None and self._counter is None:
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            self.flops_per_step = int(self._counter.get_total_flops())
+            self._counter = None
+        if self.minutes is not None and time.perf_counter() - self._start >= 60 * self.minutes:
+            trainer.should_stop = True
 
 
 def prepare_data(out: Path, identities: int, per_identity: int, books: int, pages: int,
@@ -76,53 +118,73 @@ def own_metric(method: str, run_dir: Path) -> str:
     return "–"
 
 
-def pretrain_one(method: str, data: Path, run_dir: Path, common: Sequence[str]) -> dict[str, Any]:
-    """Pretrain ``method`` from scratch into ``run_dir``; returns steps, seconds, encoder dir."""
+def pretrain_one(method: str, data: Path, run_dir: Path, common: Sequence[str],
+                 minutes: float | None = None) -> dict[str, Any]:
+    """Pretrain ``method`` from scratch into ``run_dir``; returns steps, images seen, seconds,
+    FLOPs per step and the encoder dir."""
     from backbone_ssl.train import pretrain
 
     if run_dir.exists():  # the comparison is reproducible: every run starts afresh
         shutil.rmtree(run_dir)
-    res = pretrain(method, data=str(data), out=str(run_dir), overrides=list(common))
-    return {"steps": res.steps, "seconds": res.seconds, "encoder": str(res.encoder_dir)}
+    budget = Budget(minutes)
+    res = pretrain(method, data=str(data), out=str(run_dir), overrides=list(common),
+                   callbacks=[budget])
+    return {"steps": res.steps, "images": round(res.images_per_second * res.seconds),
+            "seconds": res.seconds, "flops_per_step": budget.flops_per_step,
+            "encoder": str(res.encoder_dir)}
 
 
 def format_markdown(rows: list[dict[str, Any]], args: argparse.Namespace, n: dict[str, int]
                     ) -> str:
     """The comparison table (accuracies in %) and how it was made."""
+    budget = (f"the same wall-clock budget of {args.minutes:g} min per method (at most "
+              f"{args.steps} steps)" if args.minutes else f"{args.steps} steps per method")
     lines = [
-        f"Toy-face identities ({n['num_classes']} identities, {n['n_train']} gallery / "
-        f"{n['n_test']} query images), {args.arch} at {args.image_size} px, "
-        f"{args.steps} steps of batch {args.batch_size} per method, seed {args.seed}.",
+        f"Budget: {budget}, batch {args.batch_size}, {args.arch} at {args.image_size} px, "
+        f"seed {args.seed} (one seed: a difference needs 3 seeds, docs/EVALUATION.md). "
+        f"Toy-face identities: {n['num_classes']} identities, {n['n_train']} gallery "
+        f"(split/train) / {n['n_test']} query (split/test) images; the online monitor used "
+        "split/val. Golden faces by character: kNN top-1 on its test split (gallery: its train).",
         "",
-        "| method | pretrained on | steps | pretrain time (s) | kNN top-1 (%) | "
-        "linear top-1 (%) | method's own held-out metric |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| method | pretrained on | steps | images seen | pretrain time (s) | GFLOPs / step | "
+        "kNN top-1 (%) | linear top-1 (%) | faces by character kNN top-1 (%) | "
+        "method's own held-out metric |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
+        gf = f"{r['flops_per_step'] / 1e9:.1f}" if r.get("flops_per_step") else "–"
+        chars = f"{100 * r['chars_top1']:.1f}" if r.get("chars_top1") is not None else "–"
         lines.append(
-            f"| {r['method']} | {r['data']} | {r['steps']} | {r['seconds']:.0f} | "
-            f"{100 * r['knn_top1']:.1f} | {100 * r['linear_top1']:.1f} | {r['own']} |"
+            f"| {r['method']} | {r['data']} | {r['steps']} | {r.get('images', 0)} | "
+            f"{r['seconds']:.0f} | {gf} | {100 * r['knn_top1']:.1f} | "
+            f"{100 * r['linear_top1']:.1f} | {chars} | {r['own']} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def run_compare(args: argparse.Namespace) -> str:
-    """Everything: data, four pretraining runs, five evaluations, the table. Returns markdown."""
-    from backbone_ssl.evaluation.report import run_eval
+    """Everything: data, one pretraining run per method, the evaluations beside random init and
+    raw pixels, the table. Returns markdown."""
     from backbone_ssl.export import resolve_encoder
 
     out = Path(args.out)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHOD_ORDER]
+    known = registered_methods()
+    methods = [m.strip() for m in (args.methods or ",".join(known)).split(",") if m.strip()]
+    unknown = [m for m in methods if m not in known]
     if unknown:
         raise UserError(f"--methods: unknown {', '.join(unknown)} "
-                        f"(choose from {', '.join(METHOD_ORDER)})")
+                        f"(choose from {', '.join(known)})")
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.minutes is not None and args.minutes <= 0:
+        raise UserError(f"--minutes must be > 0, got {args.minutes}")
     faces, prep = prepare_data(out / "data", args.identities, args.per_identity, args.books,
                                args.pages, args.seed)
     train_dir, test_dir = faces / "split" / "train", faces / "split" / "test"
-    common = [f"model.arch={args.arch}", f"trainer.max_steps={args.steps}",
+    val_dir = faces / "split" / "val"
+    chars = prep / "faces_by_character"
+    common = [f"data.val_train={train_dir}", f"data.val_test={val_dir}",
+              f"model.arch={args.arch}", f"trainer.max_steps={args.steps}",
               "trainer.max_epochs=-1", f"data.batch_size={args.batch_size}",
               f"data.image_size={args.image_size}", f"data.num_workers={args.num_workers}",
               f"seed={args.seed}", "trainer.enable_progress_bar=false",
@@ -132,26 +194,46 @@ def run_compare(args: argparse.Namespace) -> str:
     for method in methods:
         data = prep if method == "person" else train_dir
         log.info("compare: pretraining %s on %s", method, data)
-        run = pretrain_one(method, data, out / "runs" / method, common)
+        run = pretrain_one(method, data, out / "runs" / method, common, args.minutes)
         encoder = resolve_encoder(run["encoder"])
-        report = run_eval(encoder, train_dir, test_dir, out / "eval" / method, k=args.k,
-                          seed=args.seed)
-        n = {k: report[k] for k in ("n_train", "n_test", "num_classes")}
         rows.append({"method": method, "data": "toy comics panels" if method == "person"
                      else "toy faces (split/train)", **run,
-                     "knn_top1": report["knn"]["top1"], "linear_top1": report["linear"]["top1"],
+                     **evaluate_row(encoder, train_dir, test_dir, chars, out / "eval" / method,
+                                    args),
                      "own": own_metric(method, out / "runs" / method)})
-    baseline = resolve_encoder(f"random:{args.arch}", input_size=args.image_size, seed=args.seed)
-    report = run_eval(baseline, train_dir, test_dir, out / "eval" / "random", k=args.k,
-                      seed=args.seed)
-    n = {k: report[k] for k in ("n_train", "n_test", "num_classes")}
-    rows.append({"method": "random init", "data": "–", "steps": 0, "seconds": 0.0,
-                 "encoder": f"random:{args.arch}", "knn_top1": report["knn"]["top1"],
-                 "linear_top1": report["linear"]["top1"], "own": "–"})
+    from backbone_ssl.evaluation.pixels import pixel_encoder
+
+    for name, enc in (("random init", resolve_encoder(f"random:{args.arch}",
+                                                      input_size=args.image_size,
+                                                      seed=args.seed)),
+                      (f"raw pixels {args.image_size} px", pixel_encoder(args.image_size))):
+        rows.append({"method": name, "data": "–", "steps": 0, "images": 0, "seconds": 0.0,
+                     "flops_per_step": None, "encoder": enc.arch,
+                     **evaluate_row(enc, train_dir, test_dir, chars,
+                                    out / "eval" / enc.arch.replace(":", "_"), args),
+                     "own": "–"})
+    n = rows[-1].pop("counts")
+    for r in rows:
+        r.pop("counts", None)
     text = format_markdown(rows, args, n)
     write_text_atomic(out / "compare.md", text)
     write_json_atomic(out / "compare.json", {"args": vars(args), "counts": n, "rows": rows})
     return text
+
+
+def evaluate_row(encoder, train_dir: Path, test_dir: Path, chars: Path, out: Path,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """kNN / linear on toy faces split/test and kNN on faces-by-character test for one encoder."""
+    from backbone_ssl.evaluation.report import evaluate_encoder, run_eval
+
+    report = run_eval(encoder, train_dir, test_dir, out, k=args.k, seed=args.seed)
+    row = {"knn_top1": report["knn"]["top1"], "linear_top1": report["linear"]["top1"],
+           "chars_top1": None,
+           "counts": {k: report[k] for k in ("n_train", "n_test", "num_classes")}}
+    if (chars / "train").is_dir():
+        row["chars_top1"] = evaluate_encoder(encoder, chars / "train", chars / "test", k=args.k,
+                                             seed=args.seed)["knn"]["top1"]
+    return row
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--methods", default=",".join(METHOD_ORDER))
+    p.add_argument("--methods", default=None,
+                   help="comma-separated; default: every registered method")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="the same wall-clock budget per method (training stops after M minutes "
+                        "or --steps, whichever comes first)")
     p.add_argument("--identities", type=int, default=50)
     p.add_argument("--per-identity", type=int, default=40)
     p.add_argument("--books", type=int, default=30, help="toy comic books (person)")

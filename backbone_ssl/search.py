@@ -1,9 +1,10 @@
 """``backbone-ssl search``: hyper-parameter search (optuna) over short pretraining runs.
 
 Each trial is one :func:`backbone_ssl.train.pretrain` run into ``OUT/trial_<n>/``; its objective is
-the held-out kNN top-1 of the exported encoder (gallery ``data.val_train``, queries
-``data.val_test``). The study lives in ``OUT/study.db`` (optuna SQLite storage), so re-running the
-same command continues it: finished trials are not redone, a trial killed mid-run is marked failed.
+the validation kNN top-1 of the exported encoder (gallery ``data.val_train``, queries
+``data.val_test``: a validation split, never test). The study lives in ``OUT/study.db`` (optuna
+SQLite storage), so re-running the same command continues it: finished trials are not redone,
+a trial killed mid-run is marked failed.
 
 Outputs: ``OUT/trials.csv``, ``OUT/best.yaml`` (the best trial's full config, accepted by
 ``backbone-ssl pretrain METHOD --config OUT/best.yaml``) and ``OUT/plots/objective_vs_<param>.png``.
@@ -153,19 +154,20 @@ def load_space(method: str, space: str | None, valid_keys: Sequence[str]) -> Spa
 
 
 def resolve_val_split(data: str | None, overrides: Sequence[str]) -> list[str]:
-    """``data.val_train``/``data.val_test`` overrides for the objective.
+    """``data.val_train``/``data.val_test`` overrides for the objective (a validation split).
 
     Given explicitly in ``overrides``, or, for the toy ``split/train`` layout, ``--data`` itself
-    as gallery and its sibling ``test`` folder as queries.
+    as gallery and its sibling ``val`` folder as queries. A ``test`` folder is never used: the
+    search chooses, so it must not see the split that is reported (docs/EVALUATION.md).
     """
     given = {o.split("=", 1)[0] for o in overrides}
     if {"data.val_train", "data.val_test"} <= given:
         return []
-    if data and (Path(data).parent / "test").is_dir():
-        return [f"data.val_train={data}", f"data.val_test={Path(data).parent / 'test'}"]
-    raise UserError("search needs a labelled held-out split for its kNN objective: pass "
+    if data and (Path(data).parent / "val").is_dir():
+        return [f"data.val_train={data}", f"data.val_test={Path(data).parent / 'val'}"]
+    raise UserError("search needs a labelled validation split for its kNN objective: pass "
                     "data.val_train=DIR data.val_test=DIR (identity folders), or --data "
-                    "ROOT/train with a sibling ROOT/test")
+                    "ROOT/train with a sibling ROOT/val (never the test split)")
 
 
 def knn_objective(enc_dir: Path, splits: EvalSplits, k: int = 20, t: float = 0.07) -> float:

@@ -13,7 +13,7 @@ from backbone_ssl.cli import main
 from backbone_ssl.config import load_config
 from backbone_ssl.errors import UserError
 from backbone_ssl.methods.byol import BYOLConfig
-from backbone_ssl.search import PruningReporter, as_override, run_search
+from backbone_ssl.search import PruningReporter, as_override, resolve_val_split, run_search
 
 FAST = ["trainer.enable_progress_bar=false", "data.num_workers=0", "model.arch=resnet10t",
         "data.image_size=32", "data.batch_size=8", "trainer.log_every_n_steps=1",
@@ -98,11 +98,24 @@ def test_bad_spaces_and_missing_split_are_user_errors(tiny_split, tmp_path):
     flat = tmp_path / "other" / "flat"  # no sibling test/ folder
     (flat / "a").mkdir(parents=True)
     (flat / "a" / "x.png").write_bytes((train / "id_0" / "img_0.png").read_bytes())
-    with pytest.raises(UserError, match="labelled held-out split"):
+    with pytest.raises(UserError, match="labelled validation split"):
         run_search("byol", trials=1, sampler="random", data=str(flat), out=str(tmp_path / "s"))
     with pytest.raises(UserError, match="search space file not found"):
         run_search("byol", trials=1, sampler="random", space=str(tmp_path / "nope.yaml"),
                    data=str(train), out=str(tmp_path / "s"), overrides=val)
+
+
+def test_search_takes_a_sibling_val_folder_and_never_test(tmp_path):
+    root = tmp_path / "split"
+    for part in ("train", "test"):
+        (root / part / "a").mkdir(parents=True)
+    with pytest.raises(UserError, match="never the test split"):  # test alone is not enough
+        resolve_val_split(str(root / "train"), [])
+    (root / "val" / "a").mkdir(parents=True)
+    assert resolve_val_split(str(root / "train"), []) == [
+        f"data.val_train={root / 'train'}", f"data.val_test={root / 'val'}"]
+    explicit = ["data.val_train=g", "data.val_test=q"]
+    assert resolve_val_split(str(root / "train"), explicit) == []
 
 
 def test_pruning_reporter_reports_each_epoch_and_prunes():

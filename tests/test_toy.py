@@ -52,11 +52,14 @@ def test_layout_counts_and_split(small_set: tuple[Path, dict]) -> None:
         assert all(n.startswith(ident + "_") and n.endswith(".jpg") for n in names)
 
     s_train, s_test = _files(out / "split/train"), _files(out / "split/test")
-    assert set(s_train) == set(s_test) == set(train)
+    s_val = _files(out / "split/val")
+    assert set(s_train) == set(s_val) == set(s_test) == set(train)
     for ident in train:
         assert s_train[ident].isdisjoint(s_test[ident])
-        assert s_train[ident] | s_test[ident] == train[ident]
-        assert len(s_test[ident]) == 1 and len(s_train[ident]) == 4  # round(0.25 * 5) = 1
+        assert s_val[ident].isdisjoint(s_test[ident] | s_train[ident])
+        assert s_train[ident] | s_val[ident] | s_test[ident] == train[ident]
+        # round(0.25 * 5) = 1 each to test and val, the rest to train
+        assert len(s_test[ident]) == 1 and len(s_val[ident]) == 1 and len(s_train[ident]) == 3
         name = next(iter(s_test[ident]))
         assert (out / "split/test" / ident / name).read_bytes() == (
             out / TRAIN / ident / name
@@ -65,7 +68,8 @@ def test_layout_counts_and_split(small_set: tuple[Path, dict]) -> None:
 
     counts = summary["counts"]
     assert counts["train_images"] == 30
-    assert counts["split_train_images"] == 24 and counts["split_test_images"] == 6
+    assert counts["split_train_images"] == 18 and counts["split_test_images"] == 6
+    assert counts["split_val_images"] == 6
     assert counts["test_identities"] == 5 and counts["distractors"] == 20
     on_disk = json.loads((out / SUMMARY_NAME).read_text())
     assert on_disk["seed"] == 3 and on_disk["size"] == 32
@@ -142,9 +146,11 @@ def test_rewrite_into_same_folder(tmp_path: Path) -> None:
 def test_refuses_foreign_folder_and_bad_args(tmp_path: Path) -> None:
     (tmp_path / "split").mkdir()
     with pytest.raises(UserError, match="not written by"):
-        write_toy_faces(tmp_path, identities=2, per_identity=2, size=16)
-    with pytest.raises(UserError, match="per_identity"):
-        write_toy_faces(tmp_path / "x", identities=2, per_identity=1)
+        write_toy_faces(tmp_path, identities=2, per_identity=3, size=16)
+    with pytest.raises(UserError, match="per_identity"):  # train, val and test need one each
+        write_toy_faces(tmp_path / "x", identities=2, per_identity=2)
+    with pytest.raises(UserError, match="split_val_fraction"):
+        write_toy_faces(tmp_path / "z", identities=2, per_identity=4, split_val_fraction=0.8)
     with pytest.raises(UserError, match="split_test_fraction"):
         write_toy_faces(tmp_path / "y", identities=2, per_identity=4, split_test_fraction=1.0)
 

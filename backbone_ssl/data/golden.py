@@ -13,6 +13,9 @@ Output folder::
     stats.json          counts kept and skipped per reason, panel sizes, sequences
     prepare.json        absolute input paths + arguments (datasets find the panels through it)
     books/<book>.json   per-book results (done-markers), merged into the files above
+    faces_by_character/{train,val,test}/<character>/   only for toy comics (ground_truth.json
+                        beside the panels): the same crops filed by character
+                        (backbone_ssl/data/faces_by_character.py)
 
 A kept face has ``conf >= min_conf`` and ``max(w, h) >= min_face`` after clipping the box to the
 panel. A window is ``window`` consecutive panels of one book (numeric ``(page, panel)`` order,
@@ -624,6 +627,10 @@ def prepare(
             f"({_skipped_text(stats)}) in {ann_root} for panels {panels_root}; check the paths, "
             f"--min-conf {args.min_conf} and --min-face {args.min_face}"
         )
+    from backbone_ssl.data.faces_by_character import find_ground_truth, write_faces_by_character
+
+    if find_ground_truth(panels_root) is not None:  # toy comics: file the crops by character
+        stats["faces_by_character"] = write_faces_by_character(out)["counts"]
     return stats
 
 

@@ -10,7 +10,7 @@ the character from its traits; nearest neighbour on raw pixels does poorly
 (:func:`raw_pixel_nn1`), which is the point: the demo shows what pretraining adds.
 
 :func:`write_toy_faces` writes the real iCartoonFace recognition layout (see ``DESIGN.md``) plus a
-``split/{train,test}/<identity>/`` view of the training identities. Drawing happens at
+``split/{train,val,test}/<identity>/`` view of the training identities. Drawing happens at
 ``SUPERSAMPLE`` x the output size and is downsampled with LANCZOS (anti-aliasing). All randomness
 comes from ``numpy.random.Generator`` streams keyed by ``(seed, stream, identity, image)``, so the
 same seed writes byte-identical files.
@@ -54,6 +54,7 @@ TEST_SUBDIR = "personai_icartoonface_rectest/icartoonface_rectest"
 TEST_INFO = "personai_icartoonface_rectest/icartoonface_rectest_info.txt"
 SPLIT_TRAIN = "split/train"
 SPLIT_TEST = "split/test"
+SPLIT_VAL = "split/val"
 SUMMARY_NAME = "toy_faces.json"
 
 # Random streams (first SeedSequence word after the seed).
@@ -1187,6 +1188,7 @@ def write_toy_faces(
     test_identities: int | None = None,
     distractors: int | None = None,
     split_test_fraction: float = 0.25,
+    split_val_fraction: float = 0.25,
 ) -> dict:
     """Write the embedded face data set under ``out``; return its summary.
 
@@ -1195,8 +1197,14 @@ def write_toy_faces(
         personai_icartoonface_rectrain/icartoonface_rectrain/id_0000/id_0000_000.jpg ...
         personai_icartoonface_rectest/icartoonface_rectest/rectest_00000.jpg ...
         personai_icartoonface_rectest/icartoonface_rectest_info.txt
-        split/train/id_0000/*.jpg, split/test/id_0000/*.jpg   (same identities, disjoint images)
-        toy_faces.json
+        split/train/id_0000/*.jpg, split/val/id_0000/*.jpg, split/test/id_0000/*.jpg
+        toy_faces.json                                 (same identities, disjoint images)
+
+    ``per_identity`` is the number of images of each training identity (all of them are in
+    ``rectrain``); ``split`` partitions exactly those images: ``round(split_test_fraction *
+    per_identity)`` to ``test``, ``round(split_val_fraction * per_identity)`` to ``val`` (each at
+    least 1), the rest (at least 1) to ``train``. The test images do not depend on
+    ``split_val_fraction``: val is taken from what used to be train.
 
     Test identities (default ``max(5, identities // 5)``, 2-4 images each, labels
     ``identities ...``) and distractors (default ``max(20, identities)``, one image each of yet
@@ -1213,7 +1221,7 @@ def write_toy_faces(
         distractors = max(20, identities)
     for name, value, low in (
         ("identities", identities, 1),
-        ("per_identity", per_identity, 2),
+        ("per_identity", per_identity, 3),
         ("size", size, 16),
         ("seed", seed, 0),
         ("test_identities", test_identities, 0),
@@ -1225,6 +1233,11 @@ def write_toy_faces(
         raise UserError(
             f"toy faces: split_test_fraction must be in (0, 1), got {split_test_fraction}"
         )
+    if not 0.0 < split_val_fraction < 1.0 or split_test_fraction + split_val_fraction >= 1.0:
+        raise UserError(
+            f"toy faces: split_val_fraction must be in (0, 1) and leave room for train "
+            f"(val {split_val_fraction} + test {split_test_fraction} < 1)"
+        )
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -1233,20 +1246,26 @@ def write_toy_faces(
     n_ids = identities + test_identities + distractors
     pad = max(4, len(str(n_ids - 1)))
     kpad = max(3, len(str(per_identity - 1)))
-    n_test_each = min(per_identity - 1, max(1, round(split_test_fraction * per_identity)))
+    n_test_each = min(per_identity - 2, max(1, round(split_test_fraction * per_identity)))
+    n_val_each = min(per_identity - n_test_each - 1,
+                     max(1, round(split_val_fraction * per_identity)))
 
     train_root, split_train, split_test = out / TRAIN_SUBDIR, out / SPLIT_TRAIN, out / SPLIT_TEST
+    split_val = out / SPLIT_VAL
     for i in range(identities):
         ident = f"id_{i:0{pad}d}"
         traits = sample_traits(_rng(seed, _STREAM_TRAITS, i))
-        test_ks = set(_rng(seed, _STREAM_SPLIT, i).permutation(per_identity)[:n_test_each].tolist())
-        for sub in (train_root / ident, split_train / ident, split_test / ident):
+        perm = _rng(seed, _STREAM_SPLIT, i).permutation(per_identity).tolist()
+        test_ks = set(perm[:n_test_each])
+        val_ks = set(perm[n_test_each:n_test_each + n_val_each])
+        for sub in (train_root / ident, split_train / ident, split_val / ident, split_test / ident):
             sub.mkdir(parents=True, exist_ok=True)
         for k in range(per_identity):
             data = _jpeg_bytes(render_face(traits, _rng(seed, _STREAM_IMAGE, i, k), size))
             fname = f"{ident}_{k:0{kpad}d}.jpg"
             (train_root / ident / fname).write_bytes(data)
-            ((split_test if k in test_ks else split_train) / ident / fname).write_bytes(data)
+            part = split_test if k in test_ks else split_val if k in val_ks else split_train
+            (part / ident / fname).write_bytes(data)
 
     # Test set: fresh identities (label = identity number) and distractors (label -1).
     items: list[tuple[int, int, int]] = []  # (identity number, image index, label)
@@ -1291,11 +1310,13 @@ def write_toy_faces(
             "test_identities": int(test_identities),
             "distractors": int(distractors),
             "split_test_fraction": float(split_test_fraction),
+            "split_val_fraction": float(split_val_fraction),
         },
         "counts": {
             "identities": int(identities),
             "train_images": identities * per_identity,
-            "split_train_images": identities * (per_identity - n_test_each),
+            "split_train_images": identities * (per_identity - n_test_each - n_val_each),
+            "split_val_images": identities * n_val_each,
             "split_test_images": identities * n_test_each,
             "test_identities": int(test_identities),
             "test_images": len(items),
@@ -1308,6 +1329,7 @@ def write_toy_faces(
             "rectest": TEST_SUBDIR,
             "rectest_info": TEST_INFO,
             "split_train": SPLIT_TRAIN,
+            "split_val": SPLIT_VAL,
             "split_test": SPLIT_TEST,
         },
     }

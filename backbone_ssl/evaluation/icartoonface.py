@@ -73,10 +73,13 @@ def run_icartoonface_eval(
     out_dir: str | os.PathLike,
     baseline: Encoder | None = None,
     batch_size: int = 128,
+    pixels: Encoder | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``encoder`` (and ``baseline``) with the rank-1 protocol on iCartoonFace ``root``.
+    """Evaluate ``encoder`` (and ``baseline``, ``pixels``) with the rank-1 protocol on
+    iCartoonFace ``root``.
 
-    Adds ``icartoonface`` (and ``baseline.icartoonface``) to ``out_dir/report.json``, keeping what
+    Adds ``icartoonface`` (and ``baseline.icartoonface``, ``pixels.icartoonface``) to
+    ``out_dir/report.json``, keeping what
     is there for the same encoder (a report of another encoder is replaced); returns the report.
     """
     out_dir = Path(out_dir)
@@ -96,4 +99,11 @@ def run_icartoonface_eval(
         base["arch"] = baseline.arch
         base["icartoonface"] = icartoonface_rank1(baseline, root, batch_size)
         report = merge_section(out_dir, "baseline", base)
+    if pixels is not None:
+        pix = dict(report.get("pixels") or {})
+        if pix.get("size", pixels.input_size) != pixels.input_size:
+            pix = {}
+        pix["size"] = pixels.input_size
+        pix["icartoonface"] = icartoonface_rank1(pixels, root, batch_size)
+        report = merge_section(out_dir, "pixels", pix)
     return report

@@ -38,6 +38,7 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PLOTS_DIR = "plots"
 BASELINE_TAG = "_baseline"
+PIXELS_TAG = "_pixels"
 #: Neighbours shown per query in the retrieval grid.
 GRID_NEIGHBOURS = 5
 
@@ -240,8 +241,12 @@ def run_eval(
     device: str | torch.device | None = None,
     knn_index: str = "flat",
     nprobe: int | None = None,
+    pixels: Encoder | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``encoder`` (and ``baseline`` on the same images) and write the report.
+    """Evaluate ``encoder`` (and ``baseline``, ``pixels`` on the same images); write the report.
+
+    ``pixels`` is the raw-pixel baseline (:func:`~backbone_ssl.evaluation.pixels.pixels_like`);
+    it adds ``pixels: {"size", "knn", "linear"}`` and ``plots/*_pixels.png``.
 
     Writes ``out_dir/report.json`` (a fresh report: call :func:`merge_section` afterwards for
     other protocols), ``out_dir/report.md`` and
@@ -274,6 +279,9 @@ def run_eval(
     if baseline is not None:
         base = evaluate_splits(baseline, splits, tag=BASELINE_TAG, **run)
         report["baseline"] = {"arch": baseline.arch, "knn": base["knn"], "linear": base["linear"]}
+    if pixels is not None:
+        pix = evaluate_splits(pixels, splits, tag=PIXELS_TAG, **run)
+        report["pixels"] = {"size": pixels.input_size, "knn": pix["knn"], "linear": pix["linear"]}
     report["skipped"] = result["skipped"]
     write_report(out_dir, report)
     return report
@@ -351,10 +359,13 @@ def _icartoonface_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """Markdown tables of a report (accuracies in %): kNN and linear probe with one row per
-    encoder (the baseline second), then iCartoonFace rows when that protocol has been run."""
+    encoder (random init second, raw pixels third), then iCartoonFace rows when that protocol
+    has been run."""
     rows = [(_encoder_label(report.get("encoder", {})), report)]
     if isinstance(base := report.get("baseline"), dict):
         rows.append((f"baseline: {base.get('arch', '?')}", base))
+    if isinstance(pix := report.get("pixels"), dict):
+        rows.append((f"baseline: raw pixels {pix.get('size', '?')} px", pix))
     tables = [_knn_table(rows), _icartoonface_table(rows)]
     if tables[0]:
         knn = report.get("knn", {})
