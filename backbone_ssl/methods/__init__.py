@@ -5,14 +5,19 @@ from __future__ import annotations
 import difflib
 
 from backbone_ssl.errors import UserError
+from backbone_ssl.methods.barlowtwins import BarlowTwins
 from backbone_ssl.methods.base import SSLMethod
 from backbone_ssl.methods.byol import BYOL
 from backbone_ssl.methods.dino import DINO
 from backbone_ssl.methods.inpaint import Inpaint
+from backbone_ssl.methods.mocov2 import MoCoV2
 from backbone_ssl.methods.person import Person
+from backbone_ssl.methods.simclr import SimCLR
+from backbone_ssl.methods.vicreg import VICReg
 
 METHODS: dict[str, type[SSLMethod]] = {"dino": DINO, "byol": BYOL, "inpaint": Inpaint,
-                                      "person": Person}
+                                      "person": Person, "simclr": SimCLR, "mocov2": MoCoV2,
+                                      "vicreg": VICReg, "barlowtwins": BarlowTwins}
 
 
 def get_method(name: str) -> type[SSLMethod]:
