@@ -75,7 +75,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, tiny_split):
         (["pretrain", "dino", "--data", str(empty), "--out", str(tmp_path / "r1")], "no images"),
         (["pretrain", "dino", "--data", str(train), "optim.lrr=1"], "did you mean 'optim.lr'"),
         (["pretrain", "dino", "--data", str(train), "data.batch_size=x"], "data.batch_size"),
-        (["pretrain", "simclr", "--data", str(train)], "unknown method"),
+        (["pretrain", "mae", "--data", str(train)], "unknown method"),
         (["pretrain", "dino", "--out", str(tmp_path / "r2"), "--resume"], "nothing to resume"),
         (["pretrain", "dino"], "no training data"),
         (["pretrain", "dino", "--data", str(train), "optim.name=adam"], "adamw, sgd"),

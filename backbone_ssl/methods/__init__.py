@@ -5,15 +5,21 @@ from __future__ import annotations
 import difflib
 
 from backbone_ssl.errors import UserError
+from backbone_ssl.methods.barlowtwins import BarlowTwins
 from backbone_ssl.methods.base import PretrainMethod, SSLMethod
 from backbone_ssl.methods.byol import BYOL
 from backbone_ssl.methods.dino import DINO
 from backbone_ssl.methods.identity import Identity
 from backbone_ssl.methods.inpaint import Inpaint
+from backbone_ssl.methods.mocov2 import MoCoV2
 from backbone_ssl.methods.person import Person
+from backbone_ssl.methods.simclr import SimCLR
+from backbone_ssl.methods.vicreg import VICReg
 
-METHODS: dict[str, type[PretrainMethod]] = {"dino": DINO, "byol": BYOL, "inpaint": Inpaint,
-                                            "person": Person, "identity": Identity}
+METHODS: dict[str, type[PretrainMethod]] = {
+    "dino": DINO, "byol": BYOL, "inpaint": Inpaint, "person": Person, "identity": Identity,
+    "simclr": SimCLR, "mocov2": MoCoV2, "vicreg": VICReg, "barlowtwins": BarlowTwins,
+}
 
 
 def get_method(name: str) -> type[PretrainMethod]:
