@@ -52,6 +52,8 @@ class DINOSection:
     rr_degrees: float = 20.0
     cj_strength: float = 0.5
     cj_hue: float = 0.1  # hue jitter before x cj_strength (hair and skin colour carry identity)
+    cj_sat: float = 0.4  # saturation jitter before x cj_strength (lightly's default)
+    random_gray_scale: float = 0.2  # grey-scale probability (lightly's default; colour is identity)
     gaussian_blur: list[float] = field(default_factory=lambda: [1.0, 0.1, 0.5])  # p: g1, g2, local
     sigmas: list[float] = field(default_factory=lambda: [0.1, 0.6])  # paper (0.1, 2) is for 224 px
     solarization_prob: float = 0.2
@@ -114,7 +116,8 @@ class DINO(SSLMethod):
             global_crop_size=size, global_crop_scale=tuple(d.global_crop_scale),
             local_crop_size=d.local_crop_size, local_crop_scale=tuple(d.local_crop_scale),
             n_local_views=d.n_local_views, hf_prob=d.hf_prob, rr_prob=d.rr_prob,
-            rr_degrees=d.rr_degrees, cj_strength=d.cj_strength, cj_hue=d.cj_hue,
+            rr_degrees=d.rr_degrees, cj_strength=d.cj_strength, cj_hue=d.cj_hue, cj_sat=d.cj_sat,
+            random_gray_scale=d.random_gray_scale,
             gaussian_blur=tuple(d.gaussian_blur), sigmas=tuple(d.sigmas),
             solarization_prob=d.solarization_prob,
             normalize={"mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)},
