@@ -12,6 +12,7 @@ import pytest
 from conftest import draw_identity_folder
 
 from backbone_ssl.cli import main
+from backbone_ssl.export import read_checkpoint
 
 FAST = ["graph.k=4", "large_cluster=3"]
 
@@ -94,6 +95,17 @@ def test_exported_pseudo_identities_train_siamese(tmp_path):
                  "data.split=image", "trainer.save_checkpoint=false"]) == 0
     sreport = json.loads((run / "report.json").read_text())
     assert sreport and (run / "report.md").is_file()
+    # the same pseudo-identities are labelled identity folders for supervised identity learning
+    ident = tmp_path / "identity"
+    assert main(["pretrain", "identity", "--data", str(ids), "--out", str(ident),
+                 "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+                 "data.num_workers=0", "model.arch=resnet10t", "data.image_size=32",
+                 "data.batch_size=8"]) == 0
+    ckpt = read_checkpoint(ident / "checkpoints" / "last.ckpt")
+    centres = [v for k, v in ckpt["state_dict"].items() if k.startswith("criterion.")]
+    assert centres and centres[0].shape[-1] == len(folders)  # one class centre per cluster
+    assert json.loads((ident / "encoder" / "config.json").read_text())[
+        "backbone_ssl"]["method"] == "identity"
 
 
 def test_bad_inputs_one_line_exit_2(tmp_path, capsys):
