@@ -21,7 +21,7 @@ from backbone_ssl.config import check_choice, check_positive
 from backbone_ssl.errors import UserError
 from backbone_ssl.nn.gan_losses import GAN_LOSSES
 
-TASKS = ("cloze", "siamese", "gan")
+TASKS = ("cloze", "siamese", "gan", "stylegan", "invert")
 SEQUENCE_MODES = ("concat", "lstm", "bilstm")
 GAN_LOSS_NAMES = GAN_LOSSES  # nonsaturating | hinge | wgan-gp (backbone_ssl.nn.gan_losses)
 SPLITS = ("identity", "image")
@@ -247,3 +247,8 @@ def _check_common(cfg: Any) -> None:
     check_positive(cfg.optim.lr, "optim.lr")
     if hasattr(cfg, "metrics"):
         check_positive(cfg.metrics.max_eval, "metrics.max_eval")
+
+
+from downstream.stylegan_config import InvertConfig, StyleGANConfig  # noqa: E402
+
+CONFIGS.update(stylegan=StyleGANConfig, invert=InvertConfig)
