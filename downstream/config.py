@@ -249,6 +249,4 @@ def _check_common(cfg: Any) -> None:
         check_positive(cfg.metrics.max_eval, "metrics.max_eval")
 
 
-from downstream.stylegan_config import InvertConfig, StyleGANConfig  # noqa: E402
-
-CONFIGS.update(stylegan=StyleGANConfig, invert=InvertConfig)
+import downstream.stylegan_config  # noqa: E402,F401  (registers stylegan and invert in CONFIGS)

@@ -392,7 +392,7 @@ def run_stylegan(cfg, encoder_spec: str, run_dir: str) -> dict:
     import time
     start = time.perf_counter()
     trainer.fit(model, train_dataloaders=loader,
-                ckpt_path=str(ckpt) if cfg.trainer.resume else None, weights_only=False)
+                ckpt_path=str(ckpt) if cfg.trainer.resume else None, weights_only=True)
     seconds = time.perf_counter() - start
     if cfg.trainer.save_checkpoint:
         trainer.save_checkpoint(ckpt)

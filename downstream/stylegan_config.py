@@ -8,7 +8,7 @@ from typing import Optional
 
 from backbone_ssl.config import check_choice, check_positive
 from backbone_ssl.errors import UserError
-from downstream.config import TaskOptimConfig, TaskTrainerConfig, _check_common, _power_side
+from downstream.config import CONFIGS, TaskOptimConfig, TaskTrainerConfig, _check_common, _power_side
 
 MASK_KINDS = ("none", "box")
 
@@ -128,3 +128,6 @@ class InvertConfig:
                             "nothing is left to invert from")
         check_positive(self.data.eval_images, "data.eval_images")
         check_positive(self.optimise.steps, "optimise.steps")
+
+
+CONFIGS.update(stylegan=StyleGANConfig, invert=InvertConfig)
