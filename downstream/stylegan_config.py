@@ -8,7 +8,13 @@ from typing import Optional
 
 from backbone_ssl.config import check_choice, check_positive
 from backbone_ssl.errors import UserError
-from downstream.config import CONFIGS, TaskOptimConfig, TaskTrainerConfig, _check_common, _power_side
+from downstream.config import (
+    CONFIGS,
+    TaskOptimConfig,
+    TaskTrainerConfig,
+    _check_common,
+    _power_side,
+)
 
 MASK_KINDS = ("none", "box")
 

@@ -1,4 +1,4 @@
-"""In-domain inversion: the domain regulariser, bad input, a tiny end-to-end run; StyleGAN resume."""
+"""In-domain inversion: domain regulariser, bad input, tiny end-to-end runs; StyleGAN resume."""
 
 import json
 
