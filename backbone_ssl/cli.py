@@ -299,7 +299,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 @registrar
 def _downstream(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("downstream", help="plug an encoder into a downstream model")
-    p.add_argument("task", choices=["cloze", "siamese", "gan"])
+    p.add_argument("task", choices=["cloze", "siamese", "gan", "stylegan", "invert"])
+    p.add_argument("--generator", help="invert: a `downstream stylegan` run folder")
+    p.add_argument("--mask", choices=["none", "box"], help="invert: masked inversion")
     p.add_argument("--encoder", required=True, help="encoder folder, checkpoint or random:<arch>")
     p.add_argument("--data", required=True)
     p.add_argument("--out", help="run directory (default runs/<task>-<time>)")
@@ -310,9 +312,12 @@ def cmd_downstream(args: argparse.Namespace) -> int:
     from downstream import run_downstream
 
     out = args.out or str(Path("runs") / f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
-    prepare_out_dir(out, f"downstream {args.task}", sources=[args.encoder, args.data])
+    prepare_out_dir(out, f"downstream {args.task}",
+                    sources=[args.encoder, args.data, args.generator])
+    extra = [f"generator={args.generator}"] if args.generator else []
+    extra += [f"mask.kind={args.mask}"] if args.mask else []
     run_downstream(args.task, encoder=args.encoder, data=args.data, out=out,
-                   overrides=args.overrides)
+                   overrides=extra + list(args.overrides))
     print((Path(out) / "report.md").read_text())
     print(f"report: {Path(out) / 'report.md'} (report.json, plots/)")
     return 0

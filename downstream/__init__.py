@@ -30,6 +30,10 @@ def run_downstream(task: str, *, encoder: str, data: str, out: str,
         from downstream.cloze import run_cloze as run
     elif task == "siamese":
         from downstream.siamese import run_siamese as run
+    elif task == "stylegan":
+        from downstream.stylegan import run_stylegan as run
+    elif task == "invert":
+        from downstream.invert import run_invert as run
     else:
         from downstream.facegan import run_gan as run
     return run(cfg, encoder, out)

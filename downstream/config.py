@@ -21,7 +21,7 @@ from backbone_ssl.config import check_choice, check_positive
 from backbone_ssl.errors import UserError
 from backbone_ssl.nn.gan_losses import GAN_LOSSES
 
-TASKS = ("cloze", "siamese", "gan")
+TASKS = ("cloze", "siamese", "gan", "stylegan", "invert")
 SEQUENCE_MODES = ("concat", "lstm", "bilstm")
 GAN_LOSS_NAMES = GAN_LOSSES  # nonsaturating | hinge | wgan-gp (backbone_ssl.nn.gan_losses)
 SPLITS = ("identity", "image")
@@ -299,3 +299,6 @@ def _check_common(cfg: Any) -> None:
         check_positive(cfg.metrics.kid_subsets, "metrics.kid_subsets")
         if cfg.metrics.pca_dim is not None:
             check_positive(cfg.metrics.pca_dim, "metrics.pca_dim")
+
+
+import downstream.stylegan_config  # noqa: E402,F401  (registers stylegan and invert in CONFIGS)
