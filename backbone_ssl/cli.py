@@ -292,10 +292,12 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 @registrar
 def _downstream(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("downstream", help="plug an encoder into a downstream model")
-    p.add_argument("task", choices=["cloze", "siamese", "gan"])
+    p.add_argument("task", choices=["cloze", "siamese", "gan", "bigan", "vaegan"])
     p.add_argument("--encoder", required=True, help="encoder folder, checkpoint or random:<arch>")
     p.add_argument("--data", required=True)
     p.add_argument("--out", help="run directory (default runs/<task>-<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="bigan, vaegan: continue RUN/checkpoints/last.ckpt")
     p.set_defaults(func=cmd_downstream, accepts_overrides=True)
 
 
@@ -305,7 +307,7 @@ def cmd_downstream(args: argparse.Namespace) -> int:
     out = args.out or str(Path("runs") / f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
     prepare_out_dir(out, f"downstream {args.task}", sources=[args.encoder, args.data])
     run_downstream(args.task, encoder=args.encoder, data=args.data, out=out,
-                   overrides=args.overrides)
+                   overrides=args.overrides, resume=args.resume)
     print((Path(out) / "report.md").read_text())
     print(f"report: {Path(out) / 'report.md'} (report.json, plots/)")
     return 0
