@@ -17,6 +17,7 @@ import yaml
 
 from backbone_ssl.errors import UserError
 from backbone_ssl.export import Encoder
+from backbone_ssl.runlog import truncate_metrics
 from downstream.encoder import EncoderInput
 from downstream.runs import save_image_grid
 from downstream.sequence import kl_divergence, reparameterise
@@ -65,8 +66,9 @@ SHAPE_KEYS = ("latent_dim", "gen_channels", "disc_channels")
 
 def check_resume(run_dir: str | Path, cfg: Any) -> Path:
     """The checkpoint to resume ``cfg`` from in ``run_dir``, or a UserError (one line) when the
-    folder is not a run of this task, has no checkpoint, or was trained with another latent size
-    or width (its weights would not fit)."""
+    folder is not a run of this task, has no checkpoint, or was trained with another latent size,
+    width or ``loss.n_critic`` (its weights or step count would not fit). Drops the
+    ``metrics.csv`` rows logged after the checkpoint's step, so the curves continue it."""
     run = Path(run_dir)
     saved, ckpt = run / "config.yaml", run / "checkpoints" / "last.ckpt"
     if not saved.is_file() or not ckpt.is_file():
@@ -85,6 +87,10 @@ def check_resume(run_dir: str | Path, cfg: Any) -> Path:
     if was != now:  # the step budget is counted in optimiser steps per batch (n_critic + 1)
         raise UserError(f"--resume: {run} was trained with loss.n_critic={was}, the config "
                         f"asks for {now} (loss.gan={cfg.loss.gan}): keep the run's loss")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    # metrics.csv rows carry the batch count at logging time (0 .. batches - 1)
+    batches = state["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"]
+    truncate_metrics(run / "metrics.csv", int(batches) - 1)  # work lost after the checkpoint
     return ckpt
 
 

@@ -3,6 +3,7 @@ report, grids and resume, and bad input refused with one line."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -120,6 +121,9 @@ def test_end_to_end_resume_and_wasserstein(faces, tmp_path):
                         overrides=[*FAST, "trainer.max_steps=3"], resume=True)
     assert r2["budget"]["steps"] == 3 and r2["budget"]["optimizer_steps"] == 6
     assert r2["resumed"] is True
+    with (out / "metrics.csv").open() as f:
+        logged = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/d_loss")]
+    assert len(logged) == 3 and logged == sorted(set(logged))  # one new batch, steps continue
     ckpt2 = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     moved = [k for k, v in ckpt["state_dict"].items()
              if v.is_floating_point() and not torch.equal(v, ckpt2["state_dict"][k])]
