@@ -123,6 +123,15 @@ class BiGAN(pl.LightningModule):
         return (PairCritic.pack(real, self.encoder(real)),
                 PairCritic.pack(self.generator(z), z))
 
+    def encoder_generator_loss(self, real: torch.Tensor) -> torch.Tensor:
+        """E+G loss with the labels swapped: G wants ``(G(z), z)`` judged real, E wants
+        ``(x, E(x))`` judged fake; for the symmetric losses here that is the generator loss of
+        ``D(fake pair)`` plus that of ``-D(real pair)`` (nonsaturating:
+        ``softplus(-D(G(z), z)) + softplus(D(x, E(x)))``)."""
+        kind, d = self.cfg.loss.gan, self.discriminator
+        real_pair, fake_pair = self.pairs(real)
+        return generator_loss(kind, d(fake_pair)) + generator_loss(kind, -d(real_pair))
+
     def training_step(self, batch, batch_idx: int) -> None:
         lo = self.cfg.loss
         reals = batch[0].chunk(lo.n_critic)
@@ -137,12 +146,8 @@ class BiGAN(pl.LightningModule):
                               lambda r, f: critic_loss(lo.gan, d, r, f, lo.gp_weight,
                                                        lo.r1_weight), self.manual_backward)
 
-        def eg_loss() -> torch.Tensor:
-            real_pair, fake_pair = self.pairs(reals[0])
-            # labels swapped: G wants fakes judged real, E wants reals judged fake
-            return generator_loss(lo.gan, d(fake_pair)) + generator_loss(lo.gan, -d(real_pair))
-
-        g_loss = generator_step(opt_eg, eg_loss, [opt_d], self.manual_backward)
+        g_loss = generator_step(opt_eg, lambda: self.encoder_generator_loss(reals[0]), [opt_d],
+                                self.manual_backward)
         self.log_dict({"train/d_loss": d_loss, "train/eg_loss": g_loss}, prog_bar=True)
 
     def configure_optimizers(self):

@@ -176,3 +176,21 @@ def test_bad_input_one_line_exit_2(faces, tmp_path, capsys):
     code, err = _cli(["downstream", "gan", "--encoder", "random:resnet10t", "--data",
                       str(faces), "--out", str(tmp_path / "g"), "--resume"], capsys)
     assert code == 2 and len(err) == 1 and "--resume is supported by" in err[0]
+
+
+@pytest.mark.parametrize("kind", ["nonsaturating", "wgan-gp"])
+def test_encoder_generator_loss_swaps_labels(kind):
+    import torch.nn.functional as F
+
+    m = BiGAN(_cfg([f"loss.gan={kind}", "model.diffaugment=none"]),
+              resolve_encoder("random:resnet10t", input_size=16)).eval()
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    torch.manual_seed(3)
+    got = m.encoder_generator_loss(x)
+    torch.manual_seed(3)
+    z = torch.randn(4, 8)
+    real = m.discriminator(PairCritic.pack(x, m.encoder(x)))
+    fake = m.discriminator(PairCritic.pack(m.generator(z), z))
+    want = (F.softplus(-fake).mean() + F.softplus(real).mean() if kind == "nonsaturating"
+            else real.mean() - fake.mean())
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
