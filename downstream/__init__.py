@@ -1,4 +1,5 @@
-"""downstream: models that consume exported encoders (face cloze, Siamese identity, GAN)."""
+"""downstream: models that consume exported encoders (face cloze, Siamese identity, GAN, BiGAN,
+VAE-GAN)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Task configs for ``backbone-ssl downstream {cloze,siamese,gan}``: dataclass defaults <-
-``configs/<task>.yaml`` <- ``key=value`` overrides (via :func:`backbone_ssl.config.load_config`).
+"""Task configs for ``backbone-ssl downstream {cloze,siamese,gan,bigan,vaegan}``: dataclass
+defaults <- ``configs/<task>.yaml`` <- ``key=value`` overrides (via
+:func:`backbone_ssl.config.load_config`).
 
 Sections: ``data``, ``model``, ``loss``, ``optim``, ``trainer``, ``metrics`` and ``seed``. The
 ``trainer`` section is a lean subset of the pretraining one (a fixed step budget, so every encoder
