@@ -194,3 +194,19 @@ def test_encoder_generator_loss_swaps_labels(kind):
     want = (F.softplus(-fake).mean() + F.softplus(real).mean() if kind == "nonsaturating"
             else real.mean() - fake.mean())
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["bigan", "vaegan"])
+def test_shipped_yaml_documents_every_default(name):
+    from omegaconf import OmegaConf
+
+    from backbone_ssl.config import default_config_file
+    from downstream.config import CONFIGS, TASKS
+
+    assert name in TASKS
+    path = default_config_file(name)
+    shipped = OmegaConf.to_container(OmegaConf.load(path))
+    assert shipped == OmegaConf.to_container(OmegaConf.structured(CONFIGS[name]))
+    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("  ")]
+    undocumented = [ln for ln in lines if "#" not in ln]
+    assert not undocumented, undocumented
