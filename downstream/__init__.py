@@ -1,4 +1,5 @@
-"""downstream: models that consume exported encoders (face cloze, Siamese identity, GAN)."""
+"""downstream: models that consume exported encoders (face cloze, Siamese identity, GAN, BiGAN,
+VAE-GAN)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ __all__ = ["run_downstream"]
 
 
 def run_downstream(task: str, *, encoder: str, data: str, out: str,
-                   overrides: Sequence[str] = (), config_file: str | None = None) -> dict:
+                   overrides: Sequence[str] = (), config_file: str | None = None,
+                   resume: bool = False) -> dict:
     """``backbone-ssl downstream TASK --encoder ENC --data PATH --out RUN [key=value ...]``.
 
     Loads ``configs/<task>.yaml`` (or ``config_file``) with the overrides, trains the task model
     on ``data`` with the encoder ``ENC`` (an exported folder, a .ckpt or ``random:<arch>``) and
     writes ``RUN/report.json``, ``RUN/report.md`` and ``RUN/plots/``; returns the report.
+    ``resume`` (bigan, vaegan): continue ``RUN/checkpoints/last.ckpt`` up to ``trainer.max_steps``.
     """
     from backbone_ssl.config import load_config
     from backbone_ssl.errors import UserError
@@ -26,6 +29,16 @@ def run_downstream(task: str, *, encoder: str, data: str, out: str,
         raise UserError(f"config is for task '{cfg.task}', not '{task}'")
     if not cfg.data.path:
         raise UserError(f"downstream {task} needs --data PATH")
+    if resume and task not in ("bigan", "vaegan"):
+        raise UserError(f"--resume is supported by downstream bigan and vaegan, not {task}")
+    if task == "bigan":
+        from downstream.bigan import run_bigan
+
+        return run_bigan(cfg, encoder, out, resume=resume)
+    if task == "vaegan":
+        from downstream.vaegan import run_vaegan
+
+        return run_vaegan(cfg, encoder, out, resume=resume)
     if task == "cloze":
         from downstream.cloze import run_cloze as run
     elif task == "siamese":

@@ -27,6 +27,8 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
     "siamese": [("accuracy", "+"), ("roc_auc", "+"), ("raw_roc_auc", "+"),
                 ("icartoonface_rank1", "+")],
     "gan": [("kid", "-"), ("fd", "-"), ("kid_real", "-"), ("fd_real", "-")],
+    "bigan": [("kid", "-"), ("fd", "-"), ("rec_l1", "-"), ("kid_real", "-"), ("fd_real", "-")],
+    "vaegan": [("kid", "-"), ("fd", "-"), ("rec_l1", "-"), ("kid_real", "-"), ("fd_real", "-")],
 }
 
 

@@ -1,5 +1,6 @@
-"""Task configs for ``backbone-ssl downstream {cloze,siamese,gan}``: dataclass defaults <-
-``configs/<task>.yaml`` <- ``key=value`` overrides (via :func:`backbone_ssl.config.load_config`).
+"""Task configs for ``backbone-ssl downstream {cloze,siamese,gan,bigan,vaegan}``: dataclass
+defaults <- ``configs/<task>.yaml`` <- ``key=value`` overrides (via
+:func:`backbone_ssl.config.load_config`).
 
 Sections: ``data``, ``model``, ``loss``, ``optim``, ``trainer``, ``metrics`` and ``seed``. The
 ``trainer`` section is a lean subset of the pretraining one (a fixed step budget, so every encoder
@@ -21,7 +22,7 @@ from backbone_ssl.config import check_choice, check_positive
 from backbone_ssl.errors import UserError
 from backbone_ssl.nn.gan_losses import GAN_LOSSES
 
-TASKS = ("cloze", "siamese", "gan", "stylegan", "invert")
+TASKS = ("cloze", "siamese", "gan", "bigan", "vaegan", "stylegan", "invert")
 SEQUENCE_MODES = ("concat", "lstm", "bilstm")
 GAN_LOSS_NAMES = GAN_LOSSES  # nonsaturating | hinge | wgan-gp (backbone_ssl.nn.gan_losses)
 SPLITS = ("identity", "image")
@@ -244,7 +245,85 @@ class GanConfig:
         resolve_gan_training(self)
 
 
-CONFIGS: dict[str, type] = {"cloze": ClozeConfig, "siamese": SiameseConfig, "gan": GanConfig}
+# ---- bigan ------------------------------------------------------------------------------------
+@dataclass
+class BiganModel:
+    latent_dim: int = 100
+    gen_channels: int = 32  # DCGAN generator width
+    disc_channels: int = 32  # D's image branch (conv, no normalisation)
+    joint_hidden: int = 256  # D's z branch and joint (x, z) MLP width
+    finetune_encoder: bool = True  # E's backbone trains (at optim.encoder_lr); false: head only
+    diffaugment: str = "color,translation,cutout"  # on D's image input (real and fake); none: off
+
+
+@dataclass
+class BiganConfig:
+    task: str = "bigan"
+    seed: int = 0
+    data: GanData = field(default_factory=GanData)
+    model: BiganModel = field(default_factory=BiganModel)
+    loss: GanLoss = field(default_factory=GanLoss)
+    optim: TaskOptimConfig = field(default_factory=TaskOptimConfig)
+    trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def validate(self) -> None:
+        _check_common(self)
+        check_choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
+        _power_side(self.data.image_size, "data.image_size")
+        for key in ("latent_dim", "gen_channels", "disc_channels", "joint_hidden"):
+            check_positive(getattr(self.model, key), f"model.{key}")
+        resolve_gan_training(self)
+
+
+# ---- vaegan -----------------------------------------------------------------------------------
+@dataclass
+class VaeganModel:
+    latent_dim: int = 100
+    gen_channels: int = 32  # DCGAN decoder (generator) width
+    disc_channels: int = 32  # conv discriminator width; its last conv block is Dis_l
+    finetune_encoder: bool = True  # E's backbone trains (at optim.encoder_lr); false: head only
+    diffaugment: str = "color,translation,cutout"  # on D's adversarial inputs; none: off
+
+
+@dataclass
+class VaeganLoss:
+    gan: str = "nonsaturating"  # nonsaturating | hinge | wgan-gp
+    kl_weight: float = 1.0  # weight of KL(q(z|x) || N(0, I)) in the encoder loss
+    rec_weight: float = 1.0  # weight of the Dis_l feature reconstruction loss (encoder)
+    gamma: float = 1.0  # decoder: gamma x feature reconstruction + adversarial (Larsen's gamma)
+    adv_weight: float = 1.0  # weight of the decoder's adversarial term
+    gp_weight: float = 10.0  # wgan-gp only
+    r1_weight: float = 0.0  # R1 penalty on real faces (gamma of Mescheder et al.; 0: off)
+    n_critic: Optional[int] = None  # null: 5 for wgan-gp, else 1 (fresh batches each)
+
+
+@dataclass
+class VaeganConfig:
+    task: str = "vaegan"
+    seed: int = 0
+    data: GanData = field(default_factory=GanData)
+    model: VaeganModel = field(default_factory=VaeganModel)
+    loss: VaeganLoss = field(default_factory=VaeganLoss)
+    optim: TaskOptimConfig = field(default_factory=TaskOptimConfig)
+    trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def validate(self) -> None:
+        _check_common(self)
+        check_choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
+        _power_side(self.data.image_size, "data.image_size")
+        for key in ("latent_dim", "gen_channels", "disc_channels"):
+            check_positive(getattr(self.model, key), f"model.{key}")
+        for key in ("kl_weight", "rec_weight", "gamma", "adv_weight"):
+            if getattr(self.loss, key) < 0:
+                raise UserError(f"config key 'loss.{key}' must be >= 0, got "
+                                f"{getattr(self.loss, key)}")
+        resolve_gan_training(self)
+
+
+CONFIGS: dict[str, type] = {"cloze": ClozeConfig, "siamese": SiameseConfig, "gan": GanConfig,
+                            "bigan": BiganConfig, "vaegan": VaeganConfig}
 
 
 #: (beta1, beta2, n_critic) by loss: DCGAN's Adam(0.5, 0.999) and one critic step; WGAN-GP's

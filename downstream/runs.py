@@ -70,14 +70,18 @@ def make_trainer(cfg: Any, run_dir: Path, optimizer_steps_per_batch: int = 1) ->
 
 
 def fit(trainer: pl.Trainer, model: pl.LightningModule, loader, cfg: Any,
-        run_dir: Path) -> dict[str, float]:
-    """Train; save ``RUN/checkpoints/last.ckpt`` when asked. Returns ``{"steps", "seconds"}``
-    with ``steps`` in training batches (generator updates for a GAN)."""
+        run_dir: Path, ckpt_path: Path | None = None, resumable: bool = False
+        ) -> dict[str, float]:
+    """Train (continuing ``ckpt_path`` when given); save ``RUN/checkpoints/last.ckpt`` when
+    asked, with optimiser and loop state when ``resumable``. Returns ``{"steps", "seconds"}``
+    with ``steps`` in training batches (generator updates for a GAN), counted from step 0."""
     start = time.perf_counter()
-    trainer.fit(model, train_dataloaders=loader)
+    trainer.fit(model, train_dataloaders=loader, ckpt_path=ckpt_path,
+                **({"weights_only": True} if ckpt_path is not None else {}))
     seconds = time.perf_counter() - start
     if cfg.trainer.save_checkpoint:
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt",
+                                weights_only=not resumable)
     batches = int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)
     return {"steps": batches, "optimizer_steps": int(trainer.global_step),
             "seconds": round(seconds, 2)}

@@ -1,0 +1,216 @@
+"""``downstream bigan``: a BiGAN on face crops (Donahue, Kraehenbuehl & Darrell, "Adversarial
+Feature Learning", ICLR 2017, https://arxiv.org/abs/1605.09782; = ALI, Dumoulin et al. 2017).
+
+E maps a face to ``z`` (an exported encoder, fine-tuned, plus a linear head:
+:class:`downstream.latent.FaceEncoder`), G maps ``z ~ N(0, I)`` to a face (DCGAN generator), and
+D judges *pairs*: real ``(x, E(x))`` against fake ``(G(z), z)``. E and G are trained together
+against D with the labels swapped (for the symmetric losses here: D's logits negated), so at the
+optimum E inverts G. ``loss.gan=wgan-gp`` gives the Wasserstein BiGAN: the critic's gradient
+penalty is taken on interpolates of the whole pair (image and latent), with the WGAN-GP defaults
+(Adam(0, 0.9), 5 critic steps) that :func:`downstream.config.resolve_gan_training` validates.
+
+Training helpers from :mod:`backbone_ssl.nn.training`: fresh real faces and fresh ``z`` for every
+critic step, D frozen during the E+G step, DiffAugment on D's image input. KID and FD of
+``G(z)`` against real faces come from :func:`downstream.facegan.evaluate` (the fixed reference
+encoder ``metrics.ref_encoder``); ``rec_l1`` is the mean L1 of ``x`` vs ``G(E(x))`` on the
+evaluated real faces (in [-1, 1] units).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from backbone_ssl.nn.critics import ConvDiscriminator
+from backbone_ssl.nn.diffaugment import AugmentedCritic
+from backbone_ssl.nn.gan_losses import generator_loss
+from backbone_ssl.nn.training import critic_loss, generator_step, train_critic
+from downstream.config import BiganConfig
+from downstream.encoder import encoder_info, load_task_encoder
+from downstream.facegan import evaluate, face_dataset
+from downstream.gan import DCGANGenerator
+from downstream.latent import FaceEncoder, check_resume, reconstruction_grid
+from downstream.runs import (
+    FD_ENC_NOTE,
+    RANDOM_REF_NOTE,
+    eval_device,
+    fit,
+    make_trainer,
+    plot_training,
+    reference_info,
+    save_image_grid,
+    start_run,
+    write_report,
+)
+
+log = logging.getLogger(__name__)
+
+
+class JointDiscriminator(nn.Module):
+    """D(x, z): ``x [B,3,S,S]``, ``z [B,L]`` -> ``[B]`` scores.
+
+    BiGAN's joint discriminator: a conv image branch (no normalisation, so WGAN-GP's per-sample
+    penalty holds), an MLP on ``z``, and an MLP on their concatenation (dropout-free)."""
+
+    def __init__(self, image_size: int, latent_dim: int, width: int = 32,
+                 hidden: int = 256) -> None:
+        super().__init__()
+        conv = ConvDiscriminator(image_size, width=width)
+        self.image = conv.features
+        x_dim = conv.head.in_features
+        self.latent = nn.Sequential(nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2, True))
+        self.joint = nn.Sequential(nn.Linear(x_dim + hidden, hidden), nn.LeakyReLU(0.2, True),
+                                   nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.image(x).flatten(1), self.latent(z)], dim=1)
+        return self.joint(h).squeeze(1)
+
+
+class PairCritic(nn.Module):
+    """A critic of one tensor over ``(x, z)`` pairs packed as ``[B, 3*S*S + L]``
+    (:meth:`pack`), so the shared critic loss, WGAN-GP penalty (on interpolates of both parts)
+    and R1 apply unchanged. ``critic(x, z)`` is usually an :class:`AugmentedCritic` (it augments
+    ``x`` only)."""
+
+    def __init__(self, critic: nn.Module, image_size: int) -> None:
+        super().__init__()
+        self.critic = critic
+        self.shape = (3, image_size, image_size)
+        self.n_pixels = 3 * image_size * image_size
+
+    @staticmethod
+    def pack(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``x [B,3,S,S]``, ``z [B,L]`` -> ``[B, 3*S*S + L]``."""
+        return torch.cat([x.flatten(1), z], dim=1)
+
+    def forward(self, pair: torch.Tensor) -> torch.Tensor:
+        x = pair[:, :self.n_pixels].reshape(pair.shape[0], *self.shape)
+        return self.critic(x, pair[:, self.n_pixels:])
+
+
+class BiGAN(pl.LightningModule):
+    """E, G and the pair critic D, trained with manual optimisation: ``n_critic`` D steps on
+    fresh data, then one joint E+G step with D frozen."""
+
+    def __init__(self, cfg: BiganConfig, encoder) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.automatic_optimization = False
+        m, d = cfg.model, cfg.data
+        self.encoder = FaceEncoder(encoder, m.latent_dim, variational=False,
+                                   finetune=m.finetune_encoder, resize=d.resize_to_encoder)
+        self.generator = DCGANGenerator(m.latent_dim, d.image_size, m.gen_channels)
+        joint = JointDiscriminator(d.image_size, m.latent_dim, m.disc_channels, m.joint_hidden)
+        self.discriminator = PairCritic(AugmentedCritic(joint, m.diffaugment), d.image_size)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` faces ``[n,3,S,S]`` from ``z ~ N(0, I)``."""
+        z = torch.randn(n, self.cfg.model.latent_dim, generator=generator).to(self.device)
+        return self.generator(z)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``G(E(x))`` ``[B,3,S,S]``."""
+        return self.generator(self.encoder(x))
+
+    def pairs(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed real pairs ``(x, E(x))`` and fake pairs ``(G(z), z)`` for a batch of faces."""
+        z = torch.randn(real.shape[0], self.cfg.model.latent_dim, device=real.device)
+        return (PairCritic.pack(real, self.encoder(real)),
+                PairCritic.pack(self.generator(z), z))
+
+    def encoder_generator_loss(self, real: torch.Tensor) -> torch.Tensor:
+        """E+G loss with the labels swapped: G wants ``(G(z), z)`` judged real, E wants
+        ``(x, E(x))`` judged fake; for the symmetric losses here that is the generator loss of
+        ``D(fake pair)`` plus that of ``-D(real pair)`` (nonsaturating:
+        ``softplus(-D(G(z), z)) + softplus(D(x, E(x)))``)."""
+        kind, d = self.cfg.loss.gan, self.discriminator
+        real_pair, fake_pair = self.pairs(real)
+        return generator_loss(kind, d(fake_pair)) + generator_loss(kind, -d(real_pair))
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        lo = self.cfg.loss
+        reals = batch[0].chunk(lo.n_critic)
+        opt_eg, opt_d = self.optimizers()
+        d = self.discriminator
+
+        def draw(i: int):
+            with torch.no_grad():
+                return self.pairs(reals[i])
+
+        d_loss = train_critic(opt_d, len(reals), draw,
+                              lambda r, f: critic_loss(lo.gan, d, r, f, lo.gp_weight,
+                                                       lo.r1_weight), self.manual_backward)
+
+        g_loss = generator_step(opt_eg, lambda: self.encoder_generator_loss(reals[0]), [opt_d],
+                                self.manual_backward)
+        self.log_dict({"train/d_loss": d_loss, "train/eg_loss": g_loss}, prog_bar=True)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        kw = {"betas": (o.beta1, o.beta2), "weight_decay": o.weight_decay}
+        eg = [{"params": list(self.generator.parameters()), "lr": o.lr},
+              *self.encoder.param_groups(o.lr, o.encoder_lr)]
+        return [torch.optim.Adam(eg, **kw),
+                torch.optim.Adam(self.discriminator.parameters(), lr=o.lr, **kw)]
+
+
+def sample_rows(real: torch.Tensor, fake: torch.Tensor, rows: int, cols: int = 8) -> list:
+    """Grid rows: one of real faces, then ``rows - 1`` of generated ones."""
+    out = [list(real[:cols])] + [list(fake[r * cols:(r + 1) * cols])
+                                 for r in range(max(1, rows - 1))]
+    return [r for r in out if r]
+
+
+def run_bigan(cfg: BiganConfig, encoder_spec: str, run_dir: str, resume: bool = False) -> dict:
+    """Train the BiGAN (or continue ``RUN/checkpoints/last.ckpt`` with ``resume``) and write
+    the report."""
+    d, m = cfg.data, cfg.model
+    ckpt = check_resume(run_dir, cfg) if resume else None
+    pl.seed_everything(cfg.seed, workers=True)
+    encoder = load_task_encoder(encoder_spec, task_size=d.image_size, what="face crops",
+                                size_key="data.image_size", resize=d.resize_to_encoder,
+                                seed=cfg.seed)
+    faces = face_dataset(cfg)
+    run = start_run(run_dir, cfg)
+    model = BiGAN(cfg, encoder)
+    per_step = d.batch_size * cfg.loss.n_critic
+    loader = DataLoader(faces, batch_size=min(per_step, len(faces)), shuffle=True,
+                        drop_last=len(faces) > per_step, num_workers=d.num_workers)
+    budget = fit(make_trainer(cfg, run, cfg.loss.n_critic + 1), model, loader, cfg, run,
+                 ckpt_path=ckpt, resumable=True)
+    device = eval_device(cfg)
+    metrics, fake, real = evaluate(model, faces, cfg, device)
+    model.eval().to(device)
+    with torch.no_grad():
+        rec = torch.cat([model.reconstruct(real[i:i + 64].to(device)).cpu()
+                         for i in range(0, len(real), 64)])
+    metrics["rec_l1"] = float((rec - real).abs().mean())
+    plots = plot_training(run, {"loss": ("train/d_loss", "train/eg_loss")})
+    save_image_grid(sample_rows(real, fake, cfg.metrics.grid_rows), [],
+                    run / "plots" / "samples.png", caption="top row: real faces; below: G(z)")
+    reconstruction_grid(model.reconstruct, real, run / "plots" / "reconstructions.png", device)
+    model.cpu()
+    plots += ["samples.png", "reconstructions.png"]
+    report = {
+        "task": "bigan",
+        "encoder": encoder_info(encoder_spec, encoder, frozen=not m.finetune_encoder),
+        "diffaugment": m.diffaugment,
+        "resumed": resume,
+        "data": {"root": str(faces.root), "images": len(faces), "image_size": d.image_size},
+        "budget": {**budget, "batch_size": d.batch_size, "loss": cfg.loss.gan},
+        "metrics": metrics,
+        "reference": reference_info(cfg.metrics),
+        "plots": plots,
+    }
+    notes = [FD_ENC_NOTE, ("kid_real / fd_real: the same metrics between two disjoint real sets "
+                           "of the same size (the floor a perfect generator would reach)."),
+             "rec_l1: mean |x - G(E(x))| in [-1, 1] units on the evaluated real faces."]
+    if report["reference"]["random"]:
+        notes.append(RANDOM_REF_NOTE)
+    return write_report(run, report, "Face BiGAN" + (" (Wasserstein)" if cfg.loss.gan ==
+                                                     "wgan-gp" else ""), notes)

@@ -1,0 +1,200 @@
+"""``downstream vaegan``: a VAE-GAN on face crops (Larsen, Sonderby, Larochelle & Winther,
+"Autoencoding beyond pixels using a learned similarity metric", ICML 2016,
+https://arxiv.org/abs/1512.09300).
+
+- Enc: face -> ``(mu, logvar)`` (:class:`downstream.latent.FaceEncoder`, an exported encoder
+  fine-tuned plus a linear head), ``z = mu + sigma * eps``;
+- Dec = G: ``z`` -> face (DCGAN generator); ``x~ = Dec(z)``, ``x_p = Dec(z_p)``, ``z_p ~ N(0, I)``;
+- Dis: a conv discriminator; its last conv block's features ``Dis_l`` give the learned
+  similarity ``L_llike = ||Dis_l(x) - Dis_l(x~)||^2`` (per-sample sum, batch mean; on the
+  un-augmented images), in place of a pixel loss.
+
+Updates (the paper's Algorithm 1): Enc on ``kl_weight * L_prior + rec_weight * L_llike``; Dec on
+``gamma * L_llike + adv_weight * L_GAN`` (the generator loss on ``D(x~)`` and ``D(x_p)``); Dis on
+real ``x`` against fakes, half ``x~`` and half ``x_p`` (fresh faces for each of ``n_critic``
+steps, DiffAugment on every adversarial input, :mod:`backbone_ssl.nn.training`). One optimiser
+holds Enc and Dec; the paper's per-network losses are obtained by a second decoder pass on the
+detached ``z``, so the adversarial term and the extra ``(gamma - 1)`` share of ``L_llike`` reach
+the decoder only (:meth:`VAEGAN.encoder_decoder_loss`).
+
+KID and FD of ``x_p`` against real faces come from :func:`downstream.facegan.evaluate`;
+``rec_l1`` is ``|x - Dec(mu(x))|`` on the evaluated real faces.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from backbone_ssl.nn.critics import ConvDiscriminator
+from backbone_ssl.nn.diffaugment import AugmentedCritic
+from backbone_ssl.nn.gan_losses import generator_loss
+from backbone_ssl.nn.training import critic_loss, generator_step, train_critic
+from downstream.bigan import sample_rows
+from downstream.config import VaeganConfig
+from downstream.encoder import encoder_info, load_task_encoder
+from downstream.facegan import evaluate, face_dataset
+from downstream.gan import DCGANGenerator
+from downstream.latent import (
+    FaceEncoder,
+    check_resume,
+    kl_divergence,
+    reconstruction_grid,
+    reparameterise,
+)
+from downstream.runs import (
+    FD_ENC_NOTE,
+    RANDOM_REF_NOTE,
+    eval_device,
+    fit,
+    make_trainer,
+    plot_training,
+    reference_info,
+    save_image_grid,
+    start_run,
+    write_report,
+)
+
+
+def feature_loss(dis: ConvDiscriminator, x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """Larsen's ``L_llike``: squared distance of ``Dis_l`` features (``dis.features``, the last
+    conv block, ``[B,C,h,w]``) of ``x`` and ``x_rec``, summed per sample, batch mean. ``x``'s
+    features are the target (no gradient)."""
+    with torch.no_grad():
+        target = dis.features(x)
+    return (dis.features(x_rec) - target).pow(2).flatten(1).sum(1).mean()
+
+
+class VAEGAN(pl.LightningModule):
+    """Enc, Dec and Dis trained with manual optimisation: ``n_critic`` Dis steps, then one
+    Enc+Dec step with Dis frozen."""
+
+    def __init__(self, cfg: VaeganConfig, encoder) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.automatic_optimization = False
+        m, d = cfg.model, cfg.data
+        self.encoder = FaceEncoder(encoder, m.latent_dim, variational=True,
+                                   finetune=m.finetune_encoder, resize=d.resize_to_encoder)
+        self.generator = DCGANGenerator(m.latent_dim, d.image_size, m.gen_channels)
+        self.dis = ConvDiscriminator(d.image_size, width=m.disc_channels)
+        self.discriminator = AugmentedCritic(self.dis, m.diffaugment)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` faces ``[n,3,S,S]`` from ``z_p ~ N(0, I)``."""
+        z = torch.randn(n, self.cfg.model.latent_dim, generator=generator).to(self.device)
+        return self.generator(z)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``Dec(mu(x))`` ``[B,3,S,S]`` (the posterior mean, no sampling)."""
+        return self.generator(self.encoder(x)[0])
+
+    def fakes(self, real: torch.Tensor) -> torch.Tensor:
+        """The critic's fakes for a batch of faces ``[B,3,S,S]``: the first half ``x~``
+        (reconstructions of the first half), the rest ``x_p`` (prior samples)."""
+        h = max(1, real.shape[0] // 2)
+        mu, logvar = self.encoder(real[:h])
+        rec = self.generator(reparameterise(mu, logvar))
+        return torch.cat([rec, self.sample(real.shape[0] - h)])
+
+    def encoder_decoder_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Enc+Dec loss whose gradients are Larsen's: Enc gets ``kl_w * KL + rec_w * L_llike``,
+        Dec gets ``gamma * L_llike + adv_w * L_GAN``. Returns ``(loss, terms)``."""
+        lo = self.cfg.loss
+        mu, logvar = self.encoder(x)
+        z = reparameterise(mu, logvar)
+        rec = self.generator(z)  # gradients to Enc and Dec
+        rec_dec = self.generator(z.detach())  # gradients to Dec only
+        llike = feature_loss(self.dis, x, rec)
+        llike_dec = feature_loss(self.dis, x, rec_dec)
+        kl = kl_divergence(mu, logvar)
+        adv = (generator_loss(lo.gan, self.discriminator(rec_dec))
+               + generator_loss(lo.gan, self.discriminator(self.sample(x.shape[0]))))
+        # Enc: kl_w*KL + rec_w*L_llike; Dec: rec_w*L_llike + (gamma - rec_w)*L_llike + adv
+        loss = (lo.kl_weight * kl + lo.rec_weight * llike
+                + (lo.gamma - lo.rec_weight) * llike_dec + lo.adv_weight * adv)
+        return loss, {"kl": kl.detach(), "llike": llike.detach(), "adv": adv.detach()}
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        lo = self.cfg.loss
+        reals = batch[0].chunk(lo.n_critic)
+        opt_eg, opt_d = self.optimizers()
+        d = self.discriminator
+
+        def draw(i: int):
+            with torch.no_grad():
+                return reals[i], self.fakes(reals[i])
+
+        d_loss = train_critic(opt_d, len(reals), draw,
+                              lambda r, f: critic_loss(lo.gan, d, r, f, lo.gp_weight,
+                                                       lo.r1_weight), self.manual_backward)
+        terms: dict = {}
+
+        def eg_loss() -> torch.Tensor:
+            loss, t = self.encoder_decoder_loss(reals[0])
+            terms.update(t)
+            return loss
+
+        g_loss = generator_step(opt_eg, eg_loss, [opt_d], self.manual_backward)
+        self.log_dict({"train/d_loss": d_loss, "train/eg_loss": g_loss}, prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()})
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        kw = {"betas": (o.beta1, o.beta2), "weight_decay": o.weight_decay}
+        eg = [{"params": list(self.generator.parameters()), "lr": o.lr},
+              *self.encoder.param_groups(o.lr, o.encoder_lr)]
+        return [torch.optim.Adam(eg, **kw),
+                torch.optim.Adam(self.discriminator.parameters(), lr=o.lr, **kw)]
+
+
+def run_vaegan(cfg: VaeganConfig, encoder_spec: str, run_dir: str, resume: bool = False) -> dict:
+    """Train the VAE-GAN (or continue ``RUN/checkpoints/last.ckpt`` with ``resume``) and write
+    the report."""
+    d, m = cfg.data, cfg.model
+    ckpt = check_resume(run_dir, cfg) if resume else None
+    pl.seed_everything(cfg.seed, workers=True)
+    encoder = load_task_encoder(encoder_spec, task_size=d.image_size, what="face crops",
+                                size_key="data.image_size", resize=d.resize_to_encoder,
+                                seed=cfg.seed)
+    faces = face_dataset(cfg)
+    run = start_run(run_dir, cfg)
+    model = VAEGAN(cfg, encoder)
+    per_step = d.batch_size * cfg.loss.n_critic
+    loader = DataLoader(faces, batch_size=min(per_step, len(faces)), shuffle=True,
+                        drop_last=len(faces) > per_step, num_workers=d.num_workers)
+    budget = fit(make_trainer(cfg, run, cfg.loss.n_critic + 1), model, loader, cfg, run,
+                 ckpt_path=ckpt, resumable=True)
+    device = eval_device(cfg)
+    metrics, fake, real = evaluate(model, faces, cfg, device)
+    model.eval().to(device)
+    with torch.no_grad():
+        rec = torch.cat([model.reconstruct(real[i:i + 64].to(device)).cpu()
+                         for i in range(0, len(real), 64)])
+    metrics["rec_l1"] = float((rec - real).abs().mean())
+    plots = plot_training(run, {"loss": ("train/d_loss", "train/eg_loss"),
+                                "vae": ("train/kl", "train/llike", "train/adv")})
+    save_image_grid(sample_rows(real, fake, cfg.metrics.grid_rows), [],
+                    run / "plots" / "samples.png",
+                    caption="top row: real faces; below: Dec(z_p), z_p ~ N(0, I)")
+    reconstruction_grid(model.reconstruct, real, run / "plots" / "reconstructions.png", device)
+    model.cpu()
+    plots += ["samples.png", "reconstructions.png"]
+    report = {
+        "task": "vaegan",
+        "encoder": encoder_info(encoder_spec, encoder, frozen=not m.finetune_encoder),
+        "diffaugment": m.diffaugment,
+        "resumed": resume,
+        "data": {"root": str(faces.root), "images": len(faces), "image_size": d.image_size},
+        "budget": {**budget, "batch_size": d.batch_size, "loss": cfg.loss.gan},
+        "metrics": metrics,
+        "reference": reference_info(cfg.metrics),
+        "plots": plots,
+    }
+    notes = [FD_ENC_NOTE, ("kid_real / fd_real: the same metrics between two disjoint real sets "
+                           "of the same size (the floor a perfect generator would reach)."),
+             "rec_l1: mean |x - Dec(mu(x))| in [-1, 1] units on the evaluated real faces."]
+    if report["reference"]["random"]:
+        notes.append(RANDOM_REF_NOTE)
+    return write_report(run, report, "Face VAE-GAN", notes)
