@@ -299,7 +299,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 @registrar
 def _downstream(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("downstream", help="plug an encoder into a downstream model")
-    p.add_argument("task", choices=["cloze", "siamese", "gan", "bigan", "vaegan", "stylegan", "invert"])
+    p.add_argument("task", choices=["cloze", "siamese", "gan", "bigan", "vaegan", "stylegan",
+                                    "invert"])
     p.add_argument("--generator", help="invert: a `downstream stylegan` run folder")
     p.add_argument("--mask", choices=["none", "box"], help="invert: masked inversion")
     p.add_argument("--encoder", required=True, help="encoder folder, checkpoint or random:<arch>")

@@ -251,6 +251,7 @@ def pretrain(method: str, *, config_file: str | None = None, data: str | None = 
     """
     cfg, run_dir = build_config(method, config_file, data, out, resume, overrides)
     check_trainer_options(cfg)
+    get_method(method).network_attr(cfg.export.network)  # a network the method lacks: refused
     # DDP processes Lightning starts re-run the command inside rank 0's run: no guard, no lock
     child = bool(os.environ.get(RUN_DIR_ENV)) and rank_zero_only.rank != 0
     ckpt_path = str(run_dir / LAST_CKPT) if resume else None

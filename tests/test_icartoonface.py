@@ -92,9 +92,11 @@ def test_eval_cli_on_toy_faces_random_and_pretrained(tmp_path):
     assert report["encoder"]["arch"] == "resnet10t"
     assert 0.0 <= report["baseline"]["icartoonface"]["rank1"] <= 1.0
     pix = report["pixels"]
-    assert pix["size"] == 32 and pix["icartoonface"]["probes"] == icf["probes"]
+    # raw pixels at the encoder's own input size (random:<arch> defaults to 64 px)
+    assert pix["size"] == report["encoder"]["input_size"] == 64
+    assert pix["icartoonface"]["probes"] == icf["probes"]
     assert "iCartoonFace" in (out / "report.md").read_text()
-    assert "raw pixels 32 px" in (out / "report.md").read_text()
+    assert "raw pixels 64 px" in (out / "report.md").read_text()
 
     run = tmp_path / "run"
     assert main(["pretrain", "byol", "--data", str(root), "--out", str(run),

@@ -145,7 +145,7 @@ def test_exported_folder_has_shareable_modes(tiny_run, tmp_path):
 
 def test_same_command_may_rewrite_its_own_output_but_not_anothers(tmp_path, capsys):
     out = tmp_path / "faces"
-    args = ["toy", "faces", "--out", str(out), "--identities", "2", "--per-identity", "2",
+    args = ["toy", "faces", "--out", str(out), "--identities", "2", "--per-identity", "4",
             "--size", "16"]
     assert main(args) == 0
     assert json.loads((out / MARKER_NAME).read_text())["command"] == "toy faces"

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 import torch
+from conftest import draw_identity_folder
 
 from backbone_ssl.cli import main
 from backbone_ssl.config import load_config
@@ -27,7 +28,8 @@ def read_trials(path):
 
 @pytest.mark.slow
 def test_random_search_writes_outputs_and_resumes(tiny_split, tmp_path):
-    train, _ = tiny_split  # train/ has a sibling test/: the held-out split of the objective
+    train, _ = tiny_split
+    draw_identity_folder(tmp_path / "val", per_identity=3, seed=2)  # the objective's sibling val/
     out = tmp_path / "search"
     res = run_search("byol", trials=2, sampler="random", data=str(train), out=str(out),
                      overrides=FAST)
