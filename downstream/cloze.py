@@ -40,6 +40,7 @@ from downstream.metrics import generator_metrics, image_quality
 from downstream.runs import (
     FD_ENC_NOTE,
     eval_device,
+    eval_progress,
     fit,
     make_trainer,
     plot_training,
@@ -187,7 +188,7 @@ def evaluate(model: FaceCloze, test: PanelSequences, cfg: ClozeConfig, device: t
                         num_workers=cfg.data.num_workers)
     model.eval().to(device)
     fakes, reals, panels = [], [], []
-    for batch in loader:
+    for batch in eval_progress(loader, f"{n} held-out cloze sequences"):
         fake, _, _ = model.generate(batch["panels"].to(device), sample=False)
         fakes.append(fake.cpu())
         reals.append(batch["face"])

@@ -141,6 +141,7 @@ def evaluate(model: FaceGAN, faces: ImageFolderDataset, cfg: GanConfig,
     n = min(cfg.metrics.max_eval, len(faces) // 2)
     if n < 2:
         raise ValueError("need at least 4 face images to measure FD-enc")
+    log.info("evaluating %d generated vs %d real faces (KID, FD)", n, n)
     idx = seeded_indices(len(faces), 2 * n, cfg.seed + 1)
     np.random.default_rng(cfg.seed + 1).shuffle(idx)
     real = torch.stack([faces[i][0] for i in idx])

@@ -6,11 +6,12 @@ A run folder holds ``config.yaml``, ``metrics.csv`` (Lightning CSVLogger), ``che
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -19,6 +20,8 @@ from backbone_ssl.config import to_yaml
 from backbone_ssl.curves import plot_curves
 from backbone_ssl.io import atomic_path, write_json_atomic, write_text_atomic
 from backbone_ssl.runlog import RunCSVLogger
+
+log = logging.getLogger("backbone_ssl.downstream")
 
 #: FD-enc's one-line caveat, repeated in every report that carries it.
 FD_ENC_NOTE = ("KID and FD are measured in the features of a fixed reference encoder "
@@ -168,3 +171,13 @@ def eval_device(cfg: Any) -> torch.device:
     """Where the post-training evaluation runs: CUDA when available and not ``accelerator=cpu``."""
     use_gpu = torch.cuda.is_available() and cfg.trainer.accelerator not in ("cpu",)
     return torch.device("cuda" if use_gpu else "cpu")
+
+
+def eval_progress(iterable: Iterable, what: str, total: int | None = None) -> Iterable:
+    """Announce a held-out evaluation (one log line: ``evaluating <what>``) and wrap its batches
+    in a tqdm bar on stderr, shown only when stderr is a terminal (as ``eval``'s embedding)."""
+    from tqdm.auto import tqdm
+
+    log.info("evaluating %s", what)
+    return tqdm(iterable, desc=f"evaluating {what}", total=total, unit="batch", disable=None,
+                leave=False)

@@ -38,7 +38,15 @@ from backbone_ssl.export import Encoder
 from downstream.config import SiameseConfig
 from downstream.encoder import EncoderInput, encoder_info, load_task_encoder
 from downstream.metrics import roc_auc, roc_points, verification
-from downstream.runs import eval_device, fit, make_trainer, plot_training, start_run, write_report
+from downstream.runs import (
+    eval_device,
+    eval_progress,
+    fit,
+    make_trainer,
+    plot_training,
+    start_run,
+    write_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +231,8 @@ def build_data(cfg: SiameseConfig, image_size: int) -> SiameseData:
 def embed_all(fn, dataset: Dataset, batch_size: int, device: torch.device) -> torch.Tensor:
     """``fn`` over every item of ``dataset`` (items ``(image, label)``) -> ``[N, D]`` on CPU."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    return torch.cat([fn(x.to(device)).float().cpu() for x, _ in loader])
+    return torch.cat([fn(x.to(device)).float().cpu()
+                      for x, _ in eval_progress(loader, f"{len(loader.dataset)} face images")])
 
 
 def pair_scores(emb: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
