@@ -372,12 +372,11 @@ def _check_common(cfg: Any) -> None:
         raise UserError(f"config key 'data.batch_size' must be >= 2, got {cfg.data.batch_size}")
     check_positive(cfg.trainer.max_steps, "trainer.max_steps")
     check_positive(cfg.optim.lr, "optim.lr")
-    if hasattr(cfg, "metrics"):
-        check_positive(cfg.metrics.max_eval, "metrics.max_eval")
-        check_positive(cfg.metrics.kid_subset_size, "metrics.kid_subset_size")
-        check_positive(cfg.metrics.kid_subsets, "metrics.kid_subsets")
-        if cfg.metrics.pca_dim is not None:
-            check_positive(cfg.metrics.pca_dim, "metrics.pca_dim")
+    metrics = getattr(cfg, "metrics", None)
+    for key in ("max_eval", "kid_subset_size", "kid_subsets", "pca_dim"):
+        value = getattr(metrics, key, None)  # each task's metrics section has its own keys
+        if value is not None:
+            check_positive(value, f"metrics.{key}")
 
 
 import downstream.stylegan_config  # noqa: E402,F401  (registers stylegan and invert in CONFIGS)

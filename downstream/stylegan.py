@@ -36,7 +36,7 @@ from backbone_ssl.nn.diffaugment import diff_augment
 from backbone_ssl.nn.gan_losses import generator_loss
 from backbone_ssl.nn.training import critic_loss, generator_step
 from downstream.encoder import EncoderInput, encoder_info, load_task_encoder
-from downstream.metrics import encode_batches, frechet_distance
+from downstream.metrics import generator_metrics
 from downstream.runs import (
     eval_device,
     make_trainer,
@@ -311,32 +311,14 @@ class StyleGAN(pl.LightningModule):
                 torch.optim.Adam(self.discriminator.parameters(), **kw)]
 
 
-class KIDFeatures(nn.Module):
-    """torchmetrics feature extractor: [0,1]-float images -> frozen domain-encoder features."""
-
-    def __init__(self, feats: EncoderInput) -> None:
-        super().__init__()
-        self.feats = feats
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feats(x.float() * 2.0 - 1.0)
-
-
 @torch.no_grad()
 def kid_fd(feats: EncoderInput, fake: torch.Tensor, real: torch.Tensor,
            subset_size: int) -> dict[str, float]:
-    """KID (torchmetrics, polynomial kernel) and FD (:func:`downstream.metrics.frechet_distance`)
-    of ``fake`` vs ``real`` ``[N,3,S,S]`` in [-1, 1], in the domain encoder's features."""
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    n = min(len(fake), len(real))
-    kid = KernelInceptionDistance(feature=KIDFeatures(feats), subset_size=min(subset_size, n),
-                                  subsets=50, normalize=True)
-    kid.update(((real + 1) / 2).clamp(0, 1), real=True)
-    kid.update(((fake + 1) / 2).clamp(0, 1), real=False)
-    mean, std = kid.compute()
-    fd = frechet_distance(encode_batches(feats, fake), encode_batches(feats, real))
-    return {"kid": float(mean), "kid_std": float(std), "fd": fd}
+    """KID and FD of ``fake`` vs ``real`` ``[N,3,S,S]`` in [-1, 1] in the domain encoder's
+    features, through :func:`downstream.metrics.generator_metrics` (FD in a 64-d PCA space fitted
+    on the real features, so it is defined at small sample counts)."""
+    return generator_metrics(feats, fake, real, pca_dim=64, kid_subset_size=subset_size,
+                             kid_subsets=50)
 
 
 def _faces(cfg):
@@ -429,6 +411,6 @@ def run_stylegan(cfg, encoder_spec: str, run_dir: str) -> dict:
         "plots": plots,
     }
     notes = ["kid/fd: generated (EMA G, psi=1) vs real faces in the frozen --encoder's features "
-             "(KID: torchmetrics; FD: downstream.metrics.frechet_distance); not Inception.",
+             "(KID: torchmetrics; FD in a 64-d PCA space of the real features); not Inception.",
              "kid_real/fd_real: two disjoint halves of the real faces (the floor)."]
     return write_report(run, report, "StyleGAN2-style face generator", notes)
