@@ -23,29 +23,15 @@ import logging
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from backbone_ssl.nn.critics import ConvDiscriminator
 from backbone_ssl.nn.diffaugment import AugmentedCritic
 from backbone_ssl.nn.gan_losses import generator_loss
 from backbone_ssl.nn.training import critic_loss, generator_step, train_critic
 from downstream.config import BiganConfig
-from downstream.encoder import encoder_info, load_task_encoder
-from downstream.facegan import evaluate, face_dataset
 from downstream.gan import DCGANGenerator
-from downstream.latent import FaceEncoder, check_resume, reconstruction_grid
-from downstream.runs import (
-    FD_ENC_NOTE,
-    RANDOM_REF_NOTE,
-    eval_device,
-    fit,
-    make_trainer,
-    plot_training,
-    reference_info,
-    save_image_grid,
-    start_run,
-    write_report,
-)
+from downstream.latent import FaceEncoder
+from downstream.latent_run import run_latent_model
 
 log = logging.getLogger(__name__)
 
@@ -159,58 +145,12 @@ class BiGAN(pl.LightningModule):
                 torch.optim.Adam(self.discriminator.parameters(), lr=o.lr, **kw)]
 
 
-def sample_rows(real: torch.Tensor, fake: torch.Tensor, rows: int, cols: int = 8) -> list:
-    """Grid rows: one of real faces, then ``rows - 1`` of generated ones."""
-    out = [list(real[:cols])] + [list(fake[r * cols:(r + 1) * cols])
-                                 for r in range(max(1, rows - 1))]
-    return [r for r in out if r]
-
-
 def run_bigan(cfg: BiganConfig, encoder_spec: str, run_dir: str, resume: bool = False) -> dict:
     """Train the BiGAN (or continue ``RUN/checkpoints/last.ckpt`` with ``resume``) and write
     the report."""
-    d, m = cfg.data, cfg.model
-    ckpt = check_resume(run_dir, cfg) if resume else None
-    pl.seed_everything(cfg.seed, workers=True)
-    encoder = load_task_encoder(encoder_spec, task_size=d.image_size, what="face crops",
-                                size_key="data.image_size", resize=d.resize_to_encoder,
-                                seed=cfg.seed)
-    faces = face_dataset(cfg)
-    run = start_run(run_dir, cfg)
-    model = BiGAN(cfg, encoder)
-    per_step = d.batch_size * cfg.loss.n_critic
-    loader = DataLoader(faces, batch_size=min(per_step, len(faces)), shuffle=True,
-                        drop_last=len(faces) > per_step, num_workers=d.num_workers)
-    budget = fit(make_trainer(cfg, run, cfg.loss.n_critic + 1), model, loader, cfg, run,
-                 ckpt_path=ckpt, resumable=True)
-    device = eval_device(cfg)
-    metrics, fake, real = evaluate(model, faces, cfg, device)
-    model.eval().to(device)
-    with torch.no_grad():
-        rec = torch.cat([model.reconstruct(real[i:i + 64].to(device)).cpu()
-                         for i in range(0, len(real), 64)])
-    metrics["rec_l1"] = float((rec - real).abs().mean())
-    plots = plot_training(run, {"loss": ("train/d_loss", "train/eg_loss")})
-    save_image_grid(sample_rows(real, fake, cfg.metrics.grid_rows), [],
-                    run / "plots" / "samples.png", caption="top row: real faces; below: G(z)")
-    reconstruction_grid(model.reconstruct, real, run / "plots" / "reconstructions.png", device)
-    model.cpu()
-    plots += ["samples.png", "reconstructions.png"]
-    report = {
-        "task": "bigan",
-        "encoder": encoder_info(encoder_spec, encoder, frozen=not m.finetune_encoder),
-        "diffaugment": m.diffaugment,
-        "resumed": resume,
-        "data": {"root": str(faces.root), "images": len(faces), "image_size": d.image_size},
-        "budget": {**budget, "batch_size": d.batch_size, "loss": cfg.loss.gan},
-        "metrics": metrics,
-        "reference": reference_info(cfg.metrics),
-        "plots": plots,
-    }
-    notes = [FD_ENC_NOTE, ("kid_real / fd_real: the same metrics between two disjoint real sets "
-                           "of the same size (the floor a perfect generator would reach)."),
-             "rec_l1: mean |x - G(E(x))| in [-1, 1] units on the evaluated real faces."]
-    if report["reference"]["random"]:
-        notes.append(RANDOM_REF_NOTE)
-    return write_report(run, report, "Face BiGAN" + (" (Wasserstein)" if cfg.loss.gan ==
-                                                     "wgan-gp" else ""), notes)
+    title = "Face BiGAN" + (" (Wasserstein)" if cfg.loss.gan == "wgan-gp" else "")
+    return run_latent_model(cfg, encoder_spec, run_dir, resume, BiGAN, title=title,
+                            curves={"loss": ("train/d_loss", "train/eg_loss")},
+                            sample_caption="top row: real faces; below: G(z)",
+                            rec_note="rec_l1: mean |x - G(E(x))| in [-1, 1] units on the "
+                                     "evaluated real faces.")

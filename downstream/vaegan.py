@@ -25,36 +25,19 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from backbone_ssl.nn.critics import ConvDiscriminator
 from backbone_ssl.nn.diffaugment import AugmentedCritic
 from backbone_ssl.nn.gan_losses import generator_loss
 from backbone_ssl.nn.training import critic_loss, generator_step, train_critic
-from downstream.bigan import sample_rows
 from downstream.config import VaeganConfig
-from downstream.encoder import encoder_info, load_task_encoder
-from downstream.facegan import evaluate, face_dataset
 from downstream.gan import DCGANGenerator
 from downstream.latent import (
     FaceEncoder,
-    check_resume,
     kl_divergence,
-    reconstruction_grid,
     reparameterise,
 )
-from downstream.runs import (
-    FD_ENC_NOTE,
-    RANDOM_REF_NOTE,
-    eval_device,
-    fit,
-    make_trainer,
-    plot_training,
-    reference_info,
-    save_image_grid,
-    start_run,
-    write_report,
-)
+from downstream.latent_run import run_latent_model
 
 
 def feature_loss(dis: ConvDiscriminator, x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
@@ -152,49 +135,9 @@ class VAEGAN(pl.LightningModule):
 def run_vaegan(cfg: VaeganConfig, encoder_spec: str, run_dir: str, resume: bool = False) -> dict:
     """Train the VAE-GAN (or continue ``RUN/checkpoints/last.ckpt`` with ``resume``) and write
     the report."""
-    d, m = cfg.data, cfg.model
-    ckpt = check_resume(run_dir, cfg) if resume else None
-    pl.seed_everything(cfg.seed, workers=True)
-    encoder = load_task_encoder(encoder_spec, task_size=d.image_size, what="face crops",
-                                size_key="data.image_size", resize=d.resize_to_encoder,
-                                seed=cfg.seed)
-    faces = face_dataset(cfg)
-    run = start_run(run_dir, cfg)
-    model = VAEGAN(cfg, encoder)
-    per_step = d.batch_size * cfg.loss.n_critic
-    loader = DataLoader(faces, batch_size=min(per_step, len(faces)), shuffle=True,
-                        drop_last=len(faces) > per_step, num_workers=d.num_workers)
-    budget = fit(make_trainer(cfg, run, cfg.loss.n_critic + 1), model, loader, cfg, run,
-                 ckpt_path=ckpt, resumable=True)
-    device = eval_device(cfg)
-    metrics, fake, real = evaluate(model, faces, cfg, device)
-    model.eval().to(device)
-    with torch.no_grad():
-        rec = torch.cat([model.reconstruct(real[i:i + 64].to(device)).cpu()
-                         for i in range(0, len(real), 64)])
-    metrics["rec_l1"] = float((rec - real).abs().mean())
-    plots = plot_training(run, {"loss": ("train/d_loss", "train/eg_loss"),
-                                "vae": ("train/kl", "train/llike", "train/adv")})
-    save_image_grid(sample_rows(real, fake, cfg.metrics.grid_rows), [],
-                    run / "plots" / "samples.png",
-                    caption="top row: real faces; below: Dec(z_p), z_p ~ N(0, I)")
-    reconstruction_grid(model.reconstruct, real, run / "plots" / "reconstructions.png", device)
-    model.cpu()
-    plots += ["samples.png", "reconstructions.png"]
-    report = {
-        "task": "vaegan",
-        "encoder": encoder_info(encoder_spec, encoder, frozen=not m.finetune_encoder),
-        "diffaugment": m.diffaugment,
-        "resumed": resume,
-        "data": {"root": str(faces.root), "images": len(faces), "image_size": d.image_size},
-        "budget": {**budget, "batch_size": d.batch_size, "loss": cfg.loss.gan},
-        "metrics": metrics,
-        "reference": reference_info(cfg.metrics),
-        "plots": plots,
-    }
-    notes = [FD_ENC_NOTE, ("kid_real / fd_real: the same metrics between two disjoint real sets "
-                           "of the same size (the floor a perfect generator would reach)."),
-             "rec_l1: mean |x - Dec(mu(x))| in [-1, 1] units on the evaluated real faces."]
-    if report["reference"]["random"]:
-        notes.append(RANDOM_REF_NOTE)
-    return write_report(run, report, "Face VAE-GAN", notes)
+    return run_latent_model(cfg, encoder_spec, run_dir, resume, VAEGAN, title="Face VAE-GAN",
+                            curves={"loss": ("train/d_loss", "train/eg_loss"),
+                                    "vae": ("train/kl", "train/llike", "train/adv")},
+                            sample_caption="top row: real faces; below: Dec(z_p), z_p ~ N(0, I)",
+                            rec_note="rec_l1: mean |x - Dec(mu(x))| in [-1, 1] units on the "
+                                     "evaluated real faces.")
