@@ -36,6 +36,10 @@ class DataConfig:
     max_images: Optional[int] = None  # use only the first N images (quick experiments)
     cache: bool = False  # decode each image once into a memory-mapped uint8 file (data/cache.py)
     batch_augment: bool = False  # render views per batch with tensor ops (data/batch_views.py)
+    # SSL views only: probability that a view keeps a centred disk and takes the rest from
+    # another image of the batch (data/context_swap.py), and the disk radius range (half-sides)
+    context_swap: float = 0.0
+    context_swap_radius: list[float] = field(default_factory=lambda: [0.55, 0.8])
 
 
 @dataclass
@@ -308,6 +312,11 @@ def validate_shared(cfg: RunConfig) -> None:
     check_range(d.num_workers, "data.num_workers", 0)
     check_range(d.val_every_n_epochs, "data.val_every_n_epochs", 1)
     check_range(d.max_images, "data.max_images", 1, allow=(None,))
+    check_range(d.context_swap, "data.context_swap", 0, 1)
+    if len(d.context_swap_radius) != 2 or not 0 < d.context_swap_radius[0] <= \
+            d.context_swap_radius[1] <= 1.5:
+        raise UserError("config key 'data.context_swap_radius' takes two numbers "
+                        f"0 < min <= max <= 1.5 (half-sides), got {list(d.context_swap_radius)}")
     check_range(o.lr, "optim.lr", 0)  # 0 is allowed: a frozen-weights check
     check_range(o.weight_decay, "optim.weight_decay", 0)
     check_range(o.momentum, "optim.momentum", 0, 1, high_open=True)

@@ -41,6 +41,11 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     "demo": ("dino", "configs/demo.yaml", []),
     "dino_cpu": ("dino", "configs/dino_cpu.yaml", []),
     "byol_cpu": ("byol", "configs/byol_cpu.yaml", []),
+    # the other lightly methods at the CPU recipe's size (resnet10t, 32 px, batch 64)
+    "simclr32": ("simclr", "configs/simclr.yaml",
+                 ["model.arch=resnet10t", "data.image_size=32", "simclr.min_scale=0.5"]),
+    "nnclr32": ("nnclr", "configs/nnclr.yaml",
+                ["model.arch=resnet10t", "data.image_size=32", "nnclr.min_scale=0.5"]),
 }
 
 

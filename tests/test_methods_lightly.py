@@ -14,12 +14,14 @@ from backbone_ssl.config import load_config
 from backbone_ssl.export import load_encoder_bundle, read_checkpoint
 from backbone_ssl.methods import METHODS
 
-NEW = ["simclr", "mocov2", "vicreg", "barlowtwins"]
+NEW = ["simclr", "mocov2", "vicreg", "barlowtwins", "nnclr"]
 FAST = ["trainer.enable_progress_bar=false", "data.num_workers=0", "model.arch=resnet10t",
         "data.image_size=32", "data.batch_size=8", "trainer.log_every_n_steps=1"]
 SMALL = {"simclr": ["simclr.proj_hidden_dim=32"], "mocov2": ["mocov2.memory_bank_size=16"],
          "vicreg": ["vicreg.proj_hidden_dim=32", "vicreg.proj_out_dim=32"],
-         "barlowtwins": ["barlowtwins.proj_hidden_dim=32", "barlowtwins.proj_out_dim=32"]}
+         "barlowtwins": ["barlowtwins.proj_hidden_dim=32", "barlowtwins.proj_out_dim=32"],
+         "nnclr": ["nnclr.proj_hidden_dim=32", "nnclr.proj_out_dim=32", "nnclr.pred_hidden_dim=32",
+                   "nnclr.memory_bank_size=16"]}
 
 
 def build(method: str, *extra: str):
@@ -49,7 +51,7 @@ def test_steps_change_the_weights_with_finite_loss(method):
     changed = [k for k, v in model.backbone.state_dict().items()
                if v.is_floating_point() and not torch.equal(v, before[k])]
     assert changed
-    if method != "mocov2":  # the queue changes MoCo's negatives between steps
+    if method not in ("mocov2", "nnclr"):  # queue / support set change between steps
         assert losses[-1] < losses[0]
 
 
@@ -63,6 +65,24 @@ def test_mocov2_memory_bank_fills_with_keys():
     assert bank.bank.shape == (16, 128)
     assert int(bank.bank_ptr) == 16 % 16  # 2 x 8 keys written: wrapped around once
     assert torch.allclose(bank.bank.norm(dim=1), torch.ones(16), atol=1e-5)  # keys, not init
+
+
+def test_nnclr_positive_is_a_support_set_neighbour():
+    """NNCLR swaps each projection for its nearest neighbour among stored past projections."""
+    model = build("nnclr")
+    model.train()
+    views = [torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)]
+    model.ssl_step(views)
+    model.ssl_step(views)  # 16 projections of view 1 written: the support set is full
+    bank = model.memory_bank.bank.detach().clone()  # [N, P]: one stored projection a row
+    with torch.no_grad():  # no optimiser step: the same weights give the same projections
+        z1 = model.projection_head(model.backbone(views[1]))
+    assert torch.allclose(bank, torch.cat([z1, z1]), atol=1e-5)  # real projections, not init
+    z = torch.randn(5, 32)
+    nn = model.memory_bank(z, update=False)
+    unit = torch.nn.functional.normalize
+    expected = bank[(unit(z, dim=1) @ unit(bank, dim=1).T).argmax(dim=1)]
+    assert torch.allclose(nn, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", NEW)

@@ -12,6 +12,7 @@ from backbone_ssl.methods.dino import DINO
 from backbone_ssl.methods.identity import Identity
 from backbone_ssl.methods.inpaint import Inpaint
 from backbone_ssl.methods.mocov2 import MoCoV2
+from backbone_ssl.methods.nnclr import NNCLR
 from backbone_ssl.methods.person import Person
 from backbone_ssl.methods.simclr import SimCLR
 from backbone_ssl.methods.vicreg import VICReg
@@ -19,6 +20,7 @@ from backbone_ssl.methods.vicreg import VICReg
 METHODS: dict[str, type[PretrainMethod]] = {
     "dino": DINO, "byol": BYOL, "inpaint": Inpaint, "person": Person, "identity": Identity,
     "simclr": SimCLR, "mocov2": MoCoV2, "vicreg": VICReg, "barlowtwins": BarlowTwins,
+    "nnclr": NNCLR,
 }
 
 

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from backbone_ssl.backbones import create_backbone, num_features
 from backbone_ssl.config import RunConfig, to_dict
 from backbone_ssl.data.datasets import ImageFolderDataset, PretrainViews, resolve_image_root
+from backbone_ssl.data.context_swap import context_swap
 from backbone_ssl.errors import UserError
 
 
@@ -261,6 +262,9 @@ class SSLMethod(PretrainMethod):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         views, _labels, skipped = batch
+        if self.cfg.data.context_swap > 0:
+            views = context_swap(views, self.cfg.data.context_swap,
+                                 self.cfg.data.context_swap_radius)
         loss, embeddings = self.ssl_step(views)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
