@@ -31,8 +31,8 @@ from torch.utils.data import Dataset
 
 from backbone_ssl.backbones import create_backbone, num_features
 from backbone_ssl.config import RunConfig, to_dict
-from backbone_ssl.data.datasets import ImageFolderDataset, PretrainViews, resolve_image_root
 from backbone_ssl.data.context_swap import context_swap
+from backbone_ssl.data.datasets import ImageFolderDataset, PretrainViews, resolve_image_root
 from backbone_ssl.errors import UserError
 
 
