@@ -1,4 +1,7 @@
-"""``backbone-ssl demo``: toy faces -> DINO pretraining -> eval beside random init and raw pixels.
+"""``backbone-ssl demo``: toy faces -> SSL pretraining -> eval beside random init and raw pixels.
+
+The method and its recipe come from ``configs/demo.yaml`` (the recipe study's winner on val,
+``benchmarks/RECIPES.md``).
 
 The online kNN monitor watches ``split/val``; ``split/test`` is only reported. A second table
 evaluates the same three encoders on golden faces by character (a small toy comics set cut by
@@ -11,6 +14,8 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from omegaconf import OmegaConf
 
 from backbone_ssl.config import default_config_file
 from backbone_ssl.io import write_text_atomic
@@ -32,11 +37,13 @@ def run_demo(out: str | Path = "demo_out", overrides: Sequence[str] = ()) -> str
     t_data = time.perf_counter() - t0
     train_dir, test_dir = data / "split" / "train", data / "split" / "test"
     val_dir = data / "split" / "val"
-    run_dir = out / "dino"
+    cfg_file = default_config_file("demo")
+    method = str(OmegaConf.load(cfg_file).method)
+    run_dir = out / method
     if run_dir.exists():  # the demo is reproducible: start it afresh
         shutil.rmtree(run_dir)
     res = pretrain(
-        "dino", config_file=str(default_config_file("demo")), data=str(train_dir),
+        method, config_file=str(cfg_file), data=str(train_dir),
         out=str(run_dir),
         overrides=[f"data.val_train={train_dir}", f"data.val_test={val_dir}", *overrides],
     )
@@ -53,7 +60,8 @@ def run_demo(out: str | Path = "demo_out", overrides: Sequence[str] = ()) -> str
     text = "\n".join([
         "# backbone-ssl demo",
         "",
-        f"DINO ({encoder.arch}, {encoder.input_size}px) pretrained for {res.steps} steps on "
+        f"{METHOD_TITLES.get(method, method)} ({encoder.arch}, {encoder.input_size}px) "
+        f"pretrained for {res.steps} steps on "
         f"{report['n_train']} toy cartoon faces ({report['num_classes']} identities; "
         f"{round(res.images_per_second * res.seconds)} images seen, {res.seconds:.0f}s), "
         f"online kNN monitor on split/val; evaluated once on {report['n_test']} split/test "
@@ -93,6 +101,10 @@ def faces_by_character(root: Path) -> Path:
         prepare(comics / "raw_panel_images", comics / "face_annotations", prep)
     return prep / "faces_by_character"
 
+
+#: How the report names each method.
+METHOD_TITLES = {"dino": "DINO", "byol": "BYOL", "simclr": "SimCLR", "nnclr": "NNCLR",
+                 "mocov2": "MoCo v2", "vicreg": "VICReg", "barlowtwins": "Barlow Twins"}
 
 #: Toy comics for the faces-by-character table (a few seconds to draw and prepare).
 DEMO_BOOKS, DEMO_PAGES = 12, 4
