@@ -13,8 +13,10 @@ from PIL import Image
 
 from backbone_ssl.cli import main
 from backbone_ssl.data import golden
-from backbone_ssl.data.golden import face_area, panel_area, panel_key, prepare, summary_line
+from backbone_ssl.data.golden import prepare, summary_line
 from backbone_ssl.data.golden_datasets import PanelSequences, PersonPanels, face_crops
+from backbone_ssl.data.golden_faces import face_area, panel_area
+from backbone_ssl.data.golden_format import panel_key
 from backbone_ssl.data.toy_comics import write_toy_comics
 from backbone_ssl.errors import UserError
 from backbone_ssl.io import open_rgb

@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from backbone_ssl.data.datasets import DECODE_ERRORS, ImageFolderDataset
-from backbone_ssl.data.golden import (
+from backbone_ssl.data.golden_format import (
     FACES_DIR,
     LABELS_CSV,
     SEQUENCES,
