@@ -1,11 +1,13 @@
-"""Which face detections ``golden prepare`` keeps, and the square areas around them
-(``face_area`` around a detection, ``panel_area`` the panel square holding it).
+"""Which face detections ``golden prepare`` keeps, the square areas around them (``face_area``
+around a detection, ``panel_area`` the panel square holding it), and where a face area lands in
+a resized panel area (:func:`face_box_in_panel`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 
 from backbone_ssl.data.golden_format import PrepareArgs
 
@@ -57,3 +59,18 @@ def keep_faces(
             kept.append((conf, box, clipped))
     kept.sort(key=lambda t: (-t[0], t[1]))
     return kept
+
+
+def face_box_in_panel(panel_area: Sequence[int], face_area: Sequence[int],
+                      size: int | tuple[int, int]) -> list[int]:
+    """``face_area`` in the pixels of ``panel_area`` resized to ``size`` (``S`` for ``S`` x ``S``,
+    or ``(width, height)``), as the panel datasets place it: ``[x1, y1, x2, y2]`` ints, ends
+    exclusive, clipped to the resized panel. Each axis has its own scale, so a panel area that is
+    not square (squashed by the resize) still gets its face box in the right place."""
+    out_w, out_h = (size, size) if isinstance(size, int) else size
+    pa, fa = panel_area, face_area
+    sx, sy = out_w / (pa[2] - pa[0]), out_h / (pa[3] - pa[1])
+    x1, x2 = math.floor((fa[0] - pa[0]) * sx), math.ceil((fa[2] - pa[0]) * sx)
+    y1, y2 = math.floor((fa[1] - pa[1]) * sy), math.ceil((fa[3] - pa[1]) * sy)
+    return [min(max(x1, 0), out_w), min(max(y1, 0), out_h),
+            min(max(x2, 0), out_w), min(max(y2, 0), out_h)]
