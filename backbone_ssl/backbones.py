@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 
 import timm
-import torch
 import torch.nn as nn
 
 from backbone_ssl.errors import UserError
@@ -36,13 +35,3 @@ def create_backbone(arch: str, **kwargs) -> nn.Module:
 def num_features(backbone: nn.Module) -> int:
     """Width of the pooled feature vector (timm's ``num_features``)."""
     return int(backbone.num_features)
-
-
-@torch.no_grad()
-def feature_dim(backbone: nn.Module, image_size: int) -> int:
-    """Width measured with one dummy forward pass ([1,3,S,S]); for models lacking num_features."""
-    was_training = backbone.training
-    backbone.eval()
-    dim = int(backbone(torch.zeros(1, 3, image_size, image_size)).shape[-1])
-    backbone.train(was_training)
-    return dim

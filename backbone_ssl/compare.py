@@ -224,7 +224,8 @@ def run_compare(args: argparse.Namespace) -> str:
 def evaluate_row(encoder, train_dir: Path, test_dir: Path, chars: Path, out: Path,
                  args: argparse.Namespace) -> dict[str, Any]:
     """kNN / linear on toy faces split/test and kNN on faces-by-character test for one encoder."""
-    from backbone_ssl.evaluation.report import evaluate_encoder, run_eval
+    from backbone_ssl.evaluation.protocol import evaluate_encoder
+    from backbone_ssl.evaluation.report import run_eval
 
     report = run_eval(encoder, train_dir, test_dir, out, k=args.k, seed=args.seed)
     row = {"knn_top1": report["knn"]["top1"], "linear_top1": report["linear"]["top1"],

@@ -304,6 +304,20 @@ def check_trainer_devices(accelerator: str, devices: Any) -> None:
                         f"{accelerator} device(s)")
 
 
+def resolve_precision(cfg: Any) -> str:
+    """``cfg.trainer.precision`` for Lightning (``cfg``: any config with a ``trainer`` section
+    holding ``precision`` and ``accelerator``): ``auto`` -> ``bf16-mixed`` on a GPU, ``32-true``
+    on CPU (bf16 autocast is slow on CPU); any other value as given."""
+    import torch
+
+    t = cfg.trainer
+    if t.precision != "auto":
+        return t.precision
+    acc = t.accelerator
+    on_gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
 def validate_shared(cfg: RunConfig) -> None:
     """Ranges and choices of the shared sections, checked at load (before any data is read)."""
     d, o, t = cfg.data, cfg.optim, cfg.trainer

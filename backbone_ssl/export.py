@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import timm
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
@@ -375,8 +374,3 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike,
     enc = backbone_from_checkpoint(ckpt_path, network)
     return export_encoder(enc.module, enc.arch, out_dir, input_size=enc.input_size,
                           mean=enc.mean, std=enc.std, meta=enc.meta)
-
-
-def timm_create_from_folder(enc_dir: str | os.PathLike) -> nn.Module:
-    """``timm.create_model("local-dir:DIR", pretrained=True)`` (offline), for documentation."""
-    return timm.create_model(f"local-dir:{Path(enc_dir)}", pretrained=True)

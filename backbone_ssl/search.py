@@ -40,7 +40,7 @@ from backbone_ssl.config import closest_key, default_config_file, flat_keys, loa
 from backbone_ssl.errors import UserError
 from backbone_ssl.evaluation.features import embed_dataset
 from backbone_ssl.evaluation.knn import knn_classify
-from backbone_ssl.evaluation.report import EvalSplits, load_splits
+from backbone_ssl.evaluation.protocol import EvalSplits, load_splits
 from backbone_ssl.export import load_encoder_bundle
 from backbone_ssl.io import atomic_path, write_text_atomic
 from backbone_ssl.methods import get_method

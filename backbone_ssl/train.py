@@ -26,7 +26,7 @@ from lightning_fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from backbone_ssl.checkpointing import AtomicCheckpointIO, FlushingCheckpoint, remove_stale_temps
-from backbone_ssl.config import RunConfig, load_config, to_yaml
+from backbone_ssl.config import RunConfig, load_config, resolve_precision, to_yaml
 from backbone_ssl.curves import plot_curves
 from backbone_ssl.data.sampling import RestoreLoaderState, ResumableLoader
 from backbone_ssl.errors import UserError
@@ -57,15 +57,6 @@ class RunResult:
     seconds: float
     skipped_images: int
     images_per_second: float
-
-
-def resolve_precision(cfg: RunConfig) -> str:
-    """``auto`` -> ``bf16-mixed`` on a GPU, ``32-true`` on CPU (bf16 autocast is slow on CPU)."""
-    if cfg.trainer.precision != "auto":
-        return cfg.trainer.precision
-    acc = cfg.trainer.accelerator
-    on_gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if on_gpu else "32-true"
 
 
 def build_config(method: str, config_file: str | None, data: str | None, out: str | None,

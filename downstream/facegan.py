@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from backbone_ssl.data.datasets import ImageFolderDataset, resolve_image_root, scan_decodable
+from backbone_ssl.data.signed import signed_transform
 from backbone_ssl.nn.critics import ConvDiscriminator, ProjectedDiscriminator
 from backbone_ssl.nn.diffaugment import AugmentedCritic
 from backbone_ssl.nn.gan_losses import generator_loss
@@ -53,7 +54,6 @@ from downstream.runs import (
     start_run,
     write_report,
 )
-from downstream.siamese import signed_transform
 
 log = logging.getLogger(__name__)
 

@@ -19,35 +19,19 @@ import numpy as np
 import torch
 from scipy import linalg
 from sklearn.metrics import roc_auc_score, roc_curve
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
 
-#: PSNR of a pair of identical images is infinite; each image's PSNR is capped at this (dB) so
-#: means stay finite and JSON-serialisable.
-PSNR_CAP_DB = 100.0
-
-
-def _to_unit(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1], clamped."""
-    return ((x.detach().float() + 1.0) / 2.0).clamp(0.0, 1.0)
-
-
-def psnr_per_image(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """``[B]`` PSNR in dB on [0, 1] images (data range 1), each capped at :data:`PSNR_CAP_DB`."""
-    a, b = _to_unit(fake), _to_unit(real)
-    vals = peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    return torch.nan_to_num(vals, posinf=PSNR_CAP_DB).clamp(max=PSNR_CAP_DB)
+from backbone_ssl.data.signed import to_unit
+from backbone_ssl.evaluation.image_quality import psnr_per_image, ssim_per_image
 
 
 def image_quality(fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
-    """Mean per-image PSNR (dB), SSIM and L1 (in [-1, 1] units) of ``fake`` vs ``real``."""
-    a, b = _to_unit(fake), _to_unit(real)
-    ssim = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+    """Mean per-image PSNR (dB, data range 1 after mapping to [0, 1], capped at
+    :data:`~backbone_ssl.evaluation.image_quality.PSNR_CAP_DB`), SSIM and L1 (in [-1, 1] units)
+    of ``fake`` vs ``real``."""
+    a, b = to_unit(fake.detach().float()), to_unit(real.detach().float())
     return {
-        "psnr": float(psnr_per_image(fake, real).mean()),
-        "ssim": float(ssim.mean()),
+        "psnr": float(psnr_per_image(a, b).mean()),
+        "ssim": float(ssim_per_image(a, b).mean()),
         "l1": float((fake.detach().float() - real.detach().float()).abs().mean()),
     }
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 import pytorch_lightning as pl
 import torch
 
-from backbone_ssl.config import to_yaml
+from backbone_ssl.config import resolve_precision, to_yaml
 from backbone_ssl.curves import plot_curves
 from backbone_ssl.io import atomic_path, write_json_atomic, write_text_atomic
 from backbone_ssl.runlog import RunCSVLogger
@@ -57,14 +57,9 @@ def make_trainer(cfg: Any, run_dir: Path, optimizer_steps_per_batch: int = 1) ->
     so the limit is scaled to keep the budget in batches (generator updates).
     """
     t = cfg.trainer
-    precision = t.precision
-    if precision == "auto":
-        on_gpu = t.accelerator in ("gpu", "cuda") or (
-            t.accelerator == "auto" and torch.cuda.is_available())
-        precision = "bf16-mixed" if on_gpu else "32-true"
     return pl.Trainer(
         max_steps=t.max_steps * optimizer_steps_per_batch, max_epochs=t.max_epochs,
-        accelerator=t.accelerator, devices=t.devices, precision=precision,
+        accelerator=t.accelerator, devices=t.devices, precision=resolve_precision(cfg),
         default_root_dir=str(run_dir), logger=RunCSVLogger(run_dir), enable_checkpointing=False,
         log_every_n_steps=max(1, t.log_every_n_steps), deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,

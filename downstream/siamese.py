@@ -29,10 +29,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision.transforms as T
 from torch.utils.data import DataLoader, Dataset
 
 from backbone_ssl.data.datasets import ImageFolderDataset, resolve_image_root, scan_decodable
+from backbone_ssl.data.signed import signed_transform
 from backbone_ssl.errors import UserError
 from backbone_ssl.export import Encoder
 from downstream.config import SiameseConfig
@@ -54,8 +54,9 @@ SPLIT_NAMES = ("train", "val", "test")
 
 
 # ---- splits and pairs -------------------------------------------------------------------------
-def split_indices(labels: np.ndarray, split: str, val_fraction: float, test_fraction: float,
-                  seed: int, where: str = "data") -> dict[str, np.ndarray]:
+def split_train_val_test(labels: np.ndarray, split: str, val_fraction: float,
+                         test_fraction: float, seed: int, where: str = "data"
+                         ) -> dict[str, np.ndarray]:
     """Image indices of train / val / test, split by ``identity`` or by ``image`` (seeded)."""
     labels = np.asarray(labels)
     ids = np.unique(labels)
@@ -191,12 +192,6 @@ class SiameseModel(pl.LightningModule):
 
 
 # ---- data -------------------------------------------------------------------------------------
-def signed_transform(size: int) -> T.Compose:
-    """PIL -> ``[3,size,size]`` in [-1, 1] (bicubic resize)."""
-    return T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
-                      T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
-
-
 @dataclass
 class SiameseData:
     images: ImageFolderDataset
@@ -218,7 +213,8 @@ def build_data(cfg: SiameseConfig, image_size: int) -> SiameseData:
         images.labels = [images.labels[i] for i in keep]
     labels = np.asarray(images.labels, dtype=np.int64)
     d = cfg.data
-    splits = split_indices(labels, d.split, d.val_fraction, d.test_fraction, cfg.seed, str(root))
+    splits = split_train_val_test(labels, d.split, d.val_fraction, d.test_fraction, cfg.seed,
+                                  str(root))
     pairs = {}
     for k, name in enumerate(SPLIT_NAMES):
         n = d.train_pairs if name == "train" else d.eval_pairs

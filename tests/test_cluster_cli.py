@@ -160,7 +160,7 @@ def test_golden_crop_order_traces_boxes_to_identities(tmp_path):
     from PIL import Image
 
     from backbone_ssl.cluster.labels import _panel_identities
-    from backbone_ssl.data.golden import PrepareArgs
+    from backbone_ssl.data.golden_format import PrepareArgs
 
     panel = tmp_path / "0_0.jpg"
     Image.new("RGB", (200, 100)).save(panel)

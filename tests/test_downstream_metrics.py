@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from backbone_ssl.data.signed import to_unit
+from backbone_ssl.evaluation.image_quality import PSNR_CAP_DB, psnr_per_image
 from downstream.metrics import (
-    PSNR_CAP_DB,
     best_threshold,
     fd_enc,
     fd_in_reduced_space,
@@ -17,7 +18,6 @@ from downstream.metrics import (
     frechet_stats,
     image_quality,
     kid,
-    psnr_per_image,
     roc_auc,
     verification,
 )
@@ -31,13 +31,13 @@ def test_identical_images_psnr_capped_ssim_one_l1_zero():
     x = _images()
     q = image_quality(x, x)
     assert q["psnr"] == PSNR_CAP_DB and q["ssim"] == pytest.approx(1.0) and q["l1"] == 0.0
-    assert torch.equal(psnr_per_image(x, x), torch.full((4,), PSNR_CAP_DB))
+    assert torch.equal(psnr_per_image(to_unit(x), to_unit(x)), torch.full((4,), PSNR_CAP_DB))
 
 
 def test_psnr_matches_the_formula():
     x = torch.zeros(2, 3, 8, 8)
     y = x + 0.2  # 0.1 in [0, 1] units: MSE 0.01 -> 20 dB
-    assert psnr_per_image(y, x).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)
+    assert psnr_per_image(to_unit(y), to_unit(x)).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)
     q = image_quality(y, x)
     assert q["l1"] == pytest.approx(0.2) and q["ssim"] < 1.0
 

@@ -15,7 +15,7 @@ from backbone_ssl.cli import main
 from backbone_ssl.errors import UserError
 from backbone_ssl.export import export_encoder
 from downstream import run_downstream
-from downstream.siamese import contrastive_loss, sample_pairs, split_indices
+from downstream.siamese import contrastive_loss, sample_pairs, split_train_val_test
 
 FAST = ["trainer.max_steps=4", "trainer.enable_progress_bar=false", "data.image_size=32",
         "data.batch_size=8", "data.train_pairs=64", "data.eval_pairs=40",
@@ -25,7 +25,7 @@ LABELS = np.repeat(np.arange(8), 5)  # 8 identities x 5 images
 
 
 def test_identity_split_is_disjoint_by_identity():
-    s = split_indices(LABELS, "identity", 0.25, 0.25, seed=0)
+    s = split_train_val_test(LABELS, "identity", 0.25, 0.25, seed=0)
     ids = {k: set(LABELS[v]) for k, v in s.items()}
     assert all(len(v) >= 2 for v in ids.values())
     assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"])
@@ -34,7 +34,7 @@ def test_identity_split_is_disjoint_by_identity():
 
 
 def test_image_split_shares_identities_not_images():
-    s = split_indices(LABELS, "image", 0.2, 0.2, seed=0)
+    s = split_train_val_test(LABELS, "image", 0.2, 0.2, seed=0)
     idx = {k: set(v.tolist()) for k, v in s.items()}
     assert not (idx["train"] & idx["val"]) and not (idx["train"] & idx["test"])
     assert not (idx["val"] & idx["test"])
@@ -54,9 +54,9 @@ def test_pairs_never_repeat_an_image_and_labels_are_right():
 
 def test_one_identity_is_refused():
     with pytest.raises(UserError, match="at least 2 identities"):
-        split_indices(np.zeros(6, dtype=int), "image", 0.2, 0.2, 0)
+        split_train_val_test(np.zeros(6, dtype=int), "image", 0.2, 0.2, 0)
     with pytest.raises(UserError, match="needs at least 6 identities"):
-        split_indices(np.repeat(np.arange(3), 4), "identity", 0.2, 0.2, 0)
+        split_train_val_test(np.repeat(np.arange(3), 4), "identity", 0.2, 0.2, 0)
 
 
 def test_contrastive_loss_values():

@@ -13,8 +13,11 @@ from PIL import Image
 
 from backbone_ssl.cli import main
 from backbone_ssl.data import golden
-from backbone_ssl.data.golden import face_area, panel_area, panel_key, prepare, summary_line
+from backbone_ssl.data.golden import prepare, summary_line
 from backbone_ssl.data.golden_datasets import PanelSequences, PersonPanels, face_crops
+from backbone_ssl.data.golden_faces import face_area, face_box_in_panel, panel_area
+from backbone_ssl.data.golden_format import panel_key
+from backbone_ssl.data.signed import to_signed
 from backbone_ssl.data.toy_comics import write_toy_comics
 from backbone_ssl.errors import UserError
 from backbone_ssl.io import open_rgb
@@ -373,3 +376,44 @@ def test_pretrain_byol_on_faces(toy_prepared, tmp_path):
     assert (run / "encoder" / "model.safetensors").is_file()
     meta = json.loads((run / "encoder" / "config.json").read_text())["backbone_ssl"]
     assert meta["steps"] == 2 and meta["method"] == "byol"
+
+
+def _red_face_panel(w: int, h: int, face: list[int]) -> Image.Image:
+    img = Image.new("RGB", (w, h), (255, 255, 255))
+    img.paste((255, 0, 0), tuple(face))
+    return img
+
+
+@pytest.mark.parametrize("size", [32, (40, 24)])
+def test_face_box_in_a_non_square_panel_area(size):
+    """A 120 x 60 panel area squashed to a square (or resized to 40 x 24): the box must still
+    cover the face, which needs one scale per axis."""
+    pa, fa = [10, 5, 130, 65], [70, 25, 100, 55]  # face in panel pixels
+    panel = _red_face_panel(140, 70, fa)
+    out_w, out_h = (size, size) if isinstance(size, int) else size
+    box = face_box_in_panel(pa, fa, size)
+    img = np.asarray(panel.crop(pa).resize((out_w, out_h), Image.Resampling.NEAREST))
+    red = (img[..., 0] > 200) & (img[..., 1] < 60)
+    expected = np.zeros_like(red)
+    expected[box[1]:box[3], box[0]:box[2]] = True
+    # every red pixel is inside the box, and the box is no more than a pixel larger than them
+    assert red.any() and not (red & ~expected).any()
+    ys, xs = np.nonzero(red)
+    assert box[0] >= xs.min() - 1 and box[2] <= xs.max() + 2
+    assert box[1] >= ys.min() - 1 and box[3] <= ys.max() + 2
+
+
+def test_panel_sequences_mask_the_face_of_a_non_square_panel_area(tmp_path):
+    panels = tmp_path / "raw_panel_images"
+    (panels / "1").mkdir(parents=True)
+    pa, fa = [0, 0, 120, 60], [60, 20, 90, 50]
+    _red_face_panel(120, 60, fa).save(panels / "1" / "0_0.jpg", format="PNG")  # lossless
+    prep = tmp_path / "prep"
+    prep.mkdir()
+    (prep / "prepare.json").write_text(json.dumps({"version": 1, "panels": str(panels)}))
+    (prep / "sequences.json").write_text(json.dumps({"0": [["1/0_0.jpg"], [[pa, fa]]]}))
+    item = PanelSequences(prep, "all", panel_size=32, mask_value=-1.0)[0]
+    assert item["box"].tolist() == face_box_in_panel(pa, fa, 32) == [16, 10, 24, 27]
+    unmasked = to_signed(Image.open(panels / "1" / "0_0.jpg").convert("RGB"), 32)
+    red = (unmasked[0] > 0.6) & (unmasked[1] < -0.6)
+    assert red.any() and not (red & ~item["mask"].bool()).any()  # the whole face is masked

@@ -13,14 +13,9 @@ from backbone_ssl import load_encoder
 from backbone_ssl.cli import main
 from backbone_ssl.config import load_config
 from backbone_ssl.errors import UserError
+from backbone_ssl.evaluation.image_quality import completion_metrics, hole_psnr, mean_fill
 from backbone_ssl.export import load_encoder_bundle, read_checkpoint
-from backbone_ssl.methods.inpaint import (
-    Inpaint,
-    InpaintConfig,
-    completion_metrics,
-    hole_psnr,
-    mean_fill,
-)
+from backbone_ssl.methods.inpaint import Inpaint, InpaintConfig
 from backbone_ssl.nn.critics import ConvDiscriminator, crop_boxes
 from backbone_ssl.nn.gan_losses import (
     discriminator_loss,
@@ -247,7 +242,7 @@ def tiny_prep(tmp_path):
 
 def test_panel_holes_match_panel_sequences(tiny_prep):
     from backbone_ssl.data.golden_datasets import PanelSequences
-    from backbone_ssl.methods.inpaint import PanelHoles
+    from backbone_ssl.methods.inpaint_data import PanelHoles
 
     seqs = PanelSequences(tiny_prep, "all", panel_size=48, mask_value=-1.0)
     holes = PanelHoles(seqs, min_coverage=1e-4, max_coverage=0.99, train=False)

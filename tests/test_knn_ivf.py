@@ -127,7 +127,7 @@ def test_eval_cli_records_the_approximate_index(tmp_path, capsys):
 
 
 def test_approximate_recall_is_measured_against_the_exact_search(data):
-    from backbone_ssl.evaluation.report import approximate_recall
+    from backbone_ssl.evaluation.protocol import approximate_recall
 
     gallery, _, queries, _ = data
     _, exact_idx = knn_search(gallery, queries, k=10)

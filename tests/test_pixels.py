@@ -41,7 +41,7 @@ def test_eval_baseline_reports_raw_pixels_beside_random_init(tiny_split, tmp_pat
     import json
 
     from backbone_ssl.cli import main
-    from backbone_ssl.evaluation.report import evaluate_encoder
+    from backbone_ssl.evaluation.protocol import evaluate_encoder
 
     train, test = tiny_split
     out = tmp_path / "eval"

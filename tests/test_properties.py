@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backbone_ssl.config import load_config
-from backbone_ssl.data.golden import BookJob, PrepareArgs, _read_detections, face_area, panel_area
+from backbone_ssl.data.golden_faces import face_area, panel_area
+from backbone_ssl.data.golden_format import BookJob, PrepareArgs
+from backbone_ssl.data.golden_inputs import read_detections
 from backbone_ssl.errors import UserError
 from backbone_ssl.methods.byol import BYOLConfig
 
@@ -48,7 +50,7 @@ def test_annotation_parser_parses_or_counts_every_line(tmp_path_factory, lines):
     job = BookJob("book", str(tmp), str(ann), str(tmp / "np.txt"), str(tmp / "out"),
                   PrepareArgs(0.9, 32, 3, 64), {})
     counts: Counter = Counter()
-    boxes = _read_detections(job, counts)  # must not raise
+    boxes = read_detections(job, counts)  # must not raise
     kept = sum(len(v) for v in boxes.values())
     skipped = sum(v for k, v in counts.items() if k.startswith("skip_"))
     assert kept + skipped == counts["lines"]  # every non-blank line: parsed or counted skipped

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from backbone_ssl.cli import main
-from backbone_ssl.data.golden import panel_key, prepare
+from backbone_ssl.data.golden import prepare
+from backbone_ssl.data.golden_format import panel_key
 from backbone_ssl.data.toy_comics import MAX_CAST, write_toy_comics
 from backbone_ssl.errors import UserError
 

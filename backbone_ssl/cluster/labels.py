@@ -4,7 +4,7 @@
   the faces are unlabelled, unless a toy-comics ``ground_truth.json`` is given or found beside
   the recorded panels folder; then each crop ``faces/<book>/<page>_<panel>_<k>.jpg`` is traced
   back to its detection box (the same keep rule and order as ``golden prepare``:
-  :func:`backbone_ssl.data.golden._keep_faces`) and takes that box's identity (``-1``: a false
+  :func:`backbone_ssl.data.golden_faces.keep_faces`) and takes that box's identity (``-1``: a false
   detection, left out of the scores);
 - any other image folder: sub-folders are identities (``ROOT/<identity>/<image>``), the labels.
 """
@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from backbone_ssl.data.golden import FACES_DIR, PREPARE_JSON, PrepareArgs, _keep_faces
+from backbone_ssl.data.golden_faces import keep_faces
+from backbone_ssl.data.golden_format import FACES_DIR, PREPARE_JSON, PrepareArgs
 from backbone_ssl.errors import UserError
 from backbone_ssl.io import require_dir
 
@@ -107,5 +108,5 @@ def _panel_identities(boxes: list[list], panel_path: Path, args: PrepareArgs) ->
         box = (min(max(key[0], 0.0), w), min(max(key[1], 0.0), h),
                min(max(key[2], 0.0), w), min(max(key[3], 0.0), h))
         ident[(key[4], box)] = int(who)
-    kept = _keep_faces(dets, w, h, args, Counter())
+    kept = keep_faces(dets, w, h, args, Counter())
     return [ident.get((conf, box), -1) for conf, box, _ in kept]

@@ -11,9 +11,8 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
-import torch
 from torch.utils.data import Dataset
 
 from backbone_ssl.errors import UserError
@@ -21,7 +20,29 @@ from backbone_ssl.io import is_image_file, open_rgb, require_dir
 
 log = logging.getLogger(__name__)
 
+#: What a broken image file raises when decoded (includes io.ImageTooLargeError, for bombs).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError)
+#: Samples tried in a row (the one asked for, then the next ones) before decoding gives up.
+MAX_DECODE_ATTEMPTS = 50
+
+T = TypeVar("T")
+
+
+def first_decodable(load: Callable[[int], T], index: int, n: int,
+                    on_error: Callable[[int, Exception], None]) -> tuple[int, T, int] | None:
+    """Try ``load(index)``, then ``load(index + 1)``, ... (modulo ``n``; at most
+    :data:`MAX_DECODE_ATTEMPTS` tries) until one raises none of :data:`DECODE_ERRORS`.
+
+    Returns ``(used_index, load(used_index), failed_tries)``, or ``None`` when every try failed;
+    ``on_error(i, exc)`` is called for each failure (to log and count it).
+    """
+    for attempt in range(min(n, MAX_DECODE_ATTEMPTS)):
+        i = (index + attempt) % n
+        try:
+            return i, load(i), attempt
+        except DECODE_ERRORS as exc:
+            on_error(i, exc)
+    return None
 
 
 def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[int], list[str]]:
@@ -90,17 +111,17 @@ class ImageFolderDataset(Dataset):
         Returns ``(used_index, PIL image, n_broken_files_passed)``; broken files are counted in
         ``skipped`` and logged once.
         """
-        n = len(self.paths)
-        for attempt in range(min(n, 50)):
-            i = (index + attempt) % n
-            try:
-                return i, self.load(i), attempt
-            except DECODE_ERRORS as exc:  # includes io.ImageTooLargeError (bombs)
-                if str(self.paths[i]) not in self.skipped:
-                    log.warning("skipping undecodable image %s: %s", self.paths[i], exc)
-                self.skipped[str(self.paths[i])] += 1
-        raise UserError(f"no decodable image near index {index} in {self.root}: "
-                        f"{min(n, 50)} files in a row failed to decode (is it the right folder?)")
+        def skip(i: int, exc: Exception) -> None:
+            if str(self.paths[i]) not in self.skipped:
+                log.warning("skipping undecodable image %s: %s", self.paths[i], exc)
+            self.skipped[str(self.paths[i])] += 1
+
+        found = first_decodable(self.load, index, len(self.paths), skip)
+        if found is None:
+            raise UserError(f"no decodable image near index {index} in {self.root}: "
+                            f"{min(len(self.paths), MAX_DECODE_ATTEMPTS)} files in a row failed "
+                            "to decode (is it the right folder?)")
+        return found
 
     def __getitem__(self, index: int):
         i, img, _ = self.decode_near(index)
@@ -162,8 +183,3 @@ def scan_decodable(dataset: ImageFolderDataset) -> int:
         raise UserError(f"no decodable image in {dataset.root}")
     dataset.paths, dataset.labels = keep_paths, keep_labels
     return dropped
-
-
-def labels_tensor(dataset: ImageFolderDataset) -> torch.Tensor:
-    """All labels as a ``[N]`` int64 tensor."""
-    return torch.as_tensor(dataset.labels, dtype=torch.long)

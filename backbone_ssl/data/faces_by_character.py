@@ -8,7 +8,7 @@ Layout under ``PREP_OUT/faces_by_character/``::
 
 The crops are the very files ``golden prepare`` wrote in ``faces/`` (byte copies): cut from the
 detector-noisy boxes by golden's own code, so tight, noisy and panel-sized. Which crop is which
-character is recovered by re-running golden's face filter (``_keep_faces``, the same order that
+character is recovered by re-running golden's face filter (``keep_faces``, the same order that
 numbers the crops ``k``) on the ground-truth boxes. False positives (identity -1) are left out.
 
 Split by panel: every panel goes whole to train, val or test (fractions ``SPLIT``, drawn with
@@ -29,13 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from backbone_ssl.data.golden import (
-    FACES_DIR,
-    PrepareArgs,
-    _clip,
-    _keep_faces,
-    read_prepare_record,
-)
+from backbone_ssl.data.golden_faces import clip_box, keep_faces
+from backbone_ssl.data.golden_format import FACES_DIR, PrepareArgs, read_prepare_record
 from backbone_ssl.errors import UserError
 from backbone_ssl.io import write_json_atomic
 
@@ -95,10 +90,10 @@ def write_faces_by_character(prep_out: str | Path, ground_truth: str | Path | No
         except (OSError, ValueError):
             continue
         dets = [(x1, y1, x2, y2, float(f"{conf:.4f}")) for x1, y1, x2, y2, conf, _ in truth[panel]]
-        who = {(d[4], _clip(d[:4], w, h)): int(row[5]) for d, row in zip(dets, truth[panel])}
+        who = {(d[4], clip_box(d[:4], w, h)): int(row[5]) for d, row in zip(dets, truth[panel])}
         split = _split_of(panel, seed)
         stem = name.rsplit(".", 1)[0]
-        for k, (conf, box, _) in enumerate(_keep_faces(dets, w, h, args, Counter())):
+        for k, (conf, box, _) in enumerate(keep_faces(dets, w, h, args, Counter())):
             ident = who[(conf, box)]
             src = prep_out / FACES_DIR / book / f"{stem}_{k}.jpg"
             if ident < 0:

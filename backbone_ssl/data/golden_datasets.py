@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -25,18 +24,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
-from PIL import Image
 from torch.utils.data import Dataset
 
-from backbone_ssl.data.datasets import DECODE_ERRORS, ImageFolderDataset
-from backbone_ssl.data.golden import (
+from backbone_ssl.data.datasets import ImageFolderDataset, first_decodable
+from backbone_ssl.data.golden_faces import face_box_in_panel
+from backbone_ssl.data.golden_format import (
     FACES_DIR,
     LABELS_CSV,
     SEQUENCES,
     book_key,
     read_prepare_record,
 )
+from backbone_ssl.data.signed import to_signed
 from backbone_ssl.data.transforms import eval_transform
 from backbone_ssl.errors import UserError
 from backbone_ssl.io import open_rgb
@@ -44,8 +43,6 @@ from backbone_ssl.io import open_rgb
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test", "all")
-#: Attempts at the following samples when a panel fails to decode.
-MAX_DECODE_ATTEMPTS = 50
 
 
 def face_crops(prep_out: str | os.PathLike, transform: Callable | None = None
@@ -97,11 +94,6 @@ def _drop_missing(panels_root: Path, items: list, panels_of: Callable[[Any], lis
         log.warning("dropping %d %s whose panel files are missing under %s (e.g. %s)",
                     dropped, what, panels_root, ", ".join(missing[:3]))
     return kept, dropped
-
-
-def _to_signed(img: Image.Image) -> torch.Tensor:
-    """PIL RGB -> ``[3,H,W]`` float in [-1, 1]."""
-    return TF.to_tensor(img).mul_(2.0).sub_(1.0)
 
 
 class PanelSequences(Dataset):
@@ -160,34 +152,30 @@ class PanelSequences(Dataset):
         face = None
         for j, (frame, (pa, fa)) in enumerate(zip(frames, areas)):
             img = open_rgb(self.panels_root / frame)
-            panels.append(_to_signed(img.crop(pa).resize((s, s), Image.Resampling.BICUBIC)))
+            panels.append(to_signed(img.crop(pa), s))
             if j == len(frames) - 1:
-                face = _to_signed(img.crop(fa).resize((self.face_size,) * 2,
-                                                      Image.Resampling.BICUBIC))
-        pa, fa = areas[-1]
-        scale = s / (pa[2] - pa[0])
-        box = [math.floor((fa[0] - pa[0]) * scale), math.floor((fa[1] - pa[1]) * scale),
-               math.ceil((fa[2] - pa[0]) * scale), math.ceil((fa[3] - pa[1]) * scale)]
-        box = [min(max(v, 0), s) for v in box]
+                face = to_signed(img.crop(fa), self.face_size)
+        box = face_box_in_panel(*areas[-1], s)
         mask = torch.zeros(s, s)
         mask[box[1]:box[3], box[0]:box[2]] = 1.0
-        stack = torch.stack(panels).clamp_(-1.0, 1.0)
+        stack = torch.stack(panels)
         stack[-1][:, mask.bool()] = self.mask_value
-        item = {"panels": stack, "face": face.clamp_(-1.0, 1.0),
+        item = {"panels": stack, "face": face,
                 "box": torch.tensor(box, dtype=torch.long), "index": index}
         if self.return_mask:
             item["mask"] = mask
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        for attempt in range(min(len(self), MAX_DECODE_ATTEMPTS)):
-            i = (index + attempt) % len(self)
-            try:
-                return self._load(i)
-            except DECODE_ERRORS as exc:
-                log.warning("skipping sequence %d: %s", i, exc)
-                self.skipped["undecodable"] += 1
-        raise RuntimeError(f"no decodable sequence near index {index} under {self.panels_root}")
+        found = first_decodable(self._load, index, len(self), self._skip)
+        if found is None:
+            raise RuntimeError(f"no decodable sequence near index {index} under "
+                               f"{self.panels_root}")
+        return found[1]
+
+    def _skip(self, i: int, exc: Exception) -> None:
+        log.warning("skipping sequence %d: %s", i, exc)
+        self.skipped["undecodable"] += 1
 
 
 class PersonPanels(Dataset):
@@ -242,13 +230,13 @@ class PersonPanels(Dataset):
         return [counts.get(0, 0), counts.get(1, 0)]
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        for attempt in range(min(len(self), MAX_DECODE_ATTEMPTS)):
-            i = (index + attempt) % len(self)
-            try:
-                img = open_rgb(self.panels_root / self.panels[i])
-            except DECODE_ERRORS as exc:
-                log.warning("skipping panel %s: %s", self.panels[i], exc)
-                self.skipped["undecodable"] += 1
-                continue
-            return self.transform(img), self.labels[i]
-        raise RuntimeError(f"no decodable panel near index {index} under {self.panels_root}")
+        found = first_decodable(lambda i: open_rgb(self.panels_root / self.panels[i]), index,
+                                len(self), self._skip)
+        if found is None:
+            raise RuntimeError(f"no decodable panel near index {index} under {self.panels_root}")
+        i, img, _ = found
+        return self.transform(img), self.labels[i]
+
+    def _skip(self, i: int, exc: Exception) -> None:
+        log.warning("skipping panel %s: %s", self.panels[i], exc)
+        self.skipped["undecodable"] += 1

@@ -33,15 +33,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from backbone_ssl.data.toy import (
-    FaceTraits,
-    _background,
-    _colour_jitter,
-    _jpeg_bytes,
-    _random_colour,
-    render_face,
-    sample_traits,
-)
+from backbone_ssl.data.toy.backgrounds import colour_jitter, scene_background
+from backbone_ssl.data.toy.render import render_face
+from backbone_ssl.data.toy.traits import FaceTraits, random_colour, sample_traits
+from backbone_ssl.data.toy.writer import jpeg_bytes
 from backbone_ssl.errors import UserError
 
 PANELS_DIR = "raw_panel_images"
@@ -79,7 +74,7 @@ def _cast(seed: int, book: int) -> list[_Character]:
     return [
         _Character(
             traits=sample_traits(_rng(seed, _STREAM_CAST, book, k + 1)),
-            shirt=_random_colour(rng, sat=(0.3, 0.9), val=(0.3, 0.9)),
+            shirt=random_colour(rng, sat=(0.3, 0.9), val=(0.3, 0.9)),
             identity=book * MAX_CAST + k,
         )
         for k in range(n)
@@ -156,7 +151,7 @@ def _draw_panel(
 ) -> tuple[Image.Image, list[tuple[list[int], float, int]]]:
     """One panel and its detections ``(box, conf, identity)``."""
     w, h = _panel_size(rng)
-    panel = _background(rng, w, h).convert("RGB")
+    panel = scene_background(rng, w, h).convert("RGB")
     paper = np.asarray(panel, dtype=np.float32) * np.float32(0.6) + np.float32(0.4 * 235)
     panel = Image.fromarray(paper.round().clip(0, 255).astype(np.uint8), "RGB")
     d = ImageDraw.Draw(panel)
@@ -201,7 +196,7 @@ def _draw_panel(
         dets.append(([x, y, x + s, y + s], round(float(rng.uniform(0.5, 0.97)), 4), -1))
     bw = int(rng.integers(2, 5))
     d.rectangle((0, 0, w - 1, h - 1), outline=(15, 15, 15), width=bw)
-    panel = Image.fromarray(_colour_jitter(np.asarray(panel), rng), "RGB")
+    panel = Image.fromarray(colour_jitter(np.asarray(panel), rng), "RGB")
     return panel, dets
 
 
@@ -260,7 +255,7 @@ def write_toy_comics(out: str | Path, books: int = 6, pages: int = 8, seed: int 
                 rel = f"{book}/{name}"
                 img, dets = _draw_panel(_rng(seed, _STREAM_PANEL, b, page, k), cast, stages[i])
                 i += 1
-                (book_dir / name).write_bytes(_jpeg_bytes(img))
+                (book_dir / name).write_bytes(jpeg_bytes(img))
                 w, h = img.size
                 counts["panels"] += 1
                 counts["faces"] += len(stages[i - 1])

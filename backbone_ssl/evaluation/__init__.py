@@ -11,13 +11,15 @@ from backbone_ssl.evaluation.knn import (
 from backbone_ssl.evaluation.labels import align_by_name
 from backbone_ssl.evaluation.linear import linear_probe
 from backbone_ssl.evaluation.plots import plot_embedding_2d, plot_retrieval_grid
-from backbone_ssl.evaluation.report import (
+from backbone_ssl.evaluation.protocol import (
     EvalSplits,
-    encoder_info,
     evaluate_encoder,
     evaluate_splits,
-    format_table,
     load_splits,
+)
+from backbone_ssl.evaluation.report import (
+    encoder_report_block,
+    format_table,
     merge_section,
     read_report,
     run_eval,
@@ -28,7 +30,7 @@ __all__ = [
     "align_by_name",
     "embed_dataset",
     "embed_folder",
-    "encoder_info",
+    "encoder_report_block",
     "evaluate_encoder",
     "evaluate_splits",
     "extract_features",

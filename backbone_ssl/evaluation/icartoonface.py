@@ -22,7 +22,7 @@ from backbone_ssl.data.transforms import eval_transform
 from backbone_ssl.evaluation.features import extract_features
 from backbone_ssl.evaluation.knn import knn_search, l2_normalize
 from backbone_ssl.evaluation.report import (
-    encoder_info,
+    encoder_report_block,
     merge_section,
     read_report,
     write_report,
@@ -83,7 +83,7 @@ def run_icartoonface_eval(
     is there for the same encoder (a report of another encoder is replaced); returns the report.
     """
     out_dir = Path(out_dir)
-    info = json.loads(json.dumps(encoder_info(encoder)))
+    info = json.loads(json.dumps(encoder_report_block(encoder)))
     report = read_report(out_dir)
     if report.get("encoder") not in (None, info):
         log.warning("%s holds a report for another encoder; starting a new one", out_dir)

@@ -2,13 +2,14 @@
 
 The encoder being pretrained is any timm CNN (``model.arch``); a coarse U-Net-style decoder
 (Ronneberger et al., 2015) upsamples its multi-scale features (``forward_intermediates``) back to
-the image. There is one coarse generator and no refinement pass (unlike DeepFill, Yu et al., 2018).
+the image (:mod:`~backbone_ssl.methods.inpaint_decoder`). There is one coarse generator and no
+refinement pass (unlike DeepFill, Yu et al., 2018).
 Losses: L1 reconstruction, the hole and the valid parts weighted separately, plus an adversarial
 loss from a global discriminator (whole completed image) and a local one (the hole's bounding box,
 resized), as in Iizuka et al., 2017 (GLCIC) and Li et al., 2017 (Generative Face Completion);
 the adversarial loss is ``nonsaturating``, ``hinge`` or ``wgan-gp`` (:mod:`gan_losses`).
 
-Data (``inpaint.source``):
+Data (``inpaint.source``; :mod:`~backbone_ssl.methods.inpaint_data`):
 
 - ``faces``: any image folder (``--data``, e.g. toy faces); each image gets a random box or
   free-form hole (:class:`~backbone_ssl.methods.masks.MaskGenerator`); a seeded
@@ -45,32 +46,26 @@ completion, target).
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-import torchvision.transforms.functional as TF
-from PIL import Image
 from torch.utils.data import Dataset
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
 from torchvision.utils import make_grid, save_image
 
 from backbone_ssl.config import RunConfig
-from backbone_ssl.data.datasets import DECODE_ERRORS, ImageFolderDataset, resolve_image_root
+from backbone_ssl.data.signed import to_unit
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.errors import UserError
-from backbone_ssl.io import atomic_path, open_rgb
+from backbone_ssl.evaluation.image_quality import completion_metrics, masked_mean, mean_fill
+from backbone_ssl.io import atomic_path
 from backbone_ssl.methods.base import PretrainMethod
-from backbone_ssl.methods.masks import MaskGenerator, fit_box, mask_boxes
-from backbone_ssl.methods.support import check_finite, plots_dir, should_validate, split_indices
+from backbone_ssl.methods.inpaint_data import build_datasets, resolve_source
+from backbone_ssl.methods.inpaint_decoder import CoarseDecoder
+from backbone_ssl.methods.masks import MaskGenerator, mask_boxes
+from backbone_ssl.methods.support import check_finite, plots_dir, should_validate
 from backbone_ssl.nn.critics import ConvDiscriminator, crop_boxes
 from backbone_ssl.nn.gan_losses import (
     check_gan_loss,
@@ -156,218 +151,6 @@ class InpaintConfig(RunConfig):
                                  (float(p.stroke_width[0]), float(p.stroke_width[1])))
         except UserError as exc:
             raise UserError(f"inpaint config: {exc}") from None
-
-
-# ---- data ---------------------------------------------------------------------------------------
-def to_signed(img: Image.Image, size: int) -> torch.Tensor:
-    """PIL RGB -> ``[3,size,size]`` float in [-1, 1] (bicubic resize)."""
-    img = img.resize((size, size), Image.Resampling.BICUBIC)
-    return TF.to_tensor(img).mul_(2.0).sub_(1.0).clamp_(-1.0, 1.0)
-
-
-def maybe_flip(image: torch.Tensor, mask: torch.Tensor, prob: float) -> tuple[torch.Tensor,
-                                                                              torch.Tensor]:
-    """Flip ``image`` ``[3,H,W]`` and ``mask`` ``[1,H,W]`` left-right together with ``prob``."""
-    if prob > 0 and float(torch.rand(1)) < prob:
-        return image.flip(-1), mask.flip(-1)
-    return image, mask
-
-
-class FaceHoles(Dataset):
-    """Face crops with random holes.
-
-    Item: ``{"image": [3,S,S] in [-1,1], "mask": [1,S,S] (1 = hole), "skipped": int,
-    "rescaled": 0}``. Training items draw a fresh mask from torch's global generator (seeded per
-    sample by the loader); held-out items (``train=False``) get a fixed mask per index.
-    """
-
-    def __init__(self, images: ImageFolderDataset, indices: Sequence[int], size: int,
-                 masks: MaskGenerator, train: bool, seed: int = 0, hflip_prob: float = 0.5) -> None:
-        self.images, self.indices, self.size = images, list(indices), size
-        self.masks, self.train, self.seed, self.hflip_prob = masks, train, seed, hflip_prob
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        _, img, skipped = self.images.decode_near(self.indices[i])
-        image = to_signed(img, self.size)
-        g = None if self.train else torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-        mask = self.masks(self.size, self.size, g)[None]
-        if self.train:
-            image, mask = maybe_flip(image, mask, self.hflip_prob)
-        return {"image": image, "mask": mask, "skipped": skipped, "rescaled": 0}
-
-
-def face_box_in_panel(panel_area: Sequence[int], face_area: Sequence[int], size: int) -> list[int]:
-    """``face_area`` in the pixels of ``panel_area`` resized to ``size`` (as ``PanelSequences``
-    places it): ``[x1, y1, x2, y2]`` ints, ends exclusive, clipped to the panel."""
-    pa, fa = panel_area, face_area
-    scale = size / (pa[2] - pa[0])
-    box = [math.floor((fa[0] - pa[0]) * scale), math.floor((fa[1] - pa[1]) * scale),
-           math.ceil((fa[2] - pa[0]) * scale), math.ceil((fa[3] - pa[1]) * scale)]
-    return [min(max(v, 0), size) for v in box]
-
-
-class PanelHoles(Dataset):
-    """The last panel of each face-cloze sequence with its face area as the hole.
-
-    Wraps a :class:`~backbone_ssl.data.golden_datasets.PanelSequences` (its book split, missing-file
-    handling and panel crops) but reads only the last panel, unmasked, as the target.
-    Item: as :class:`FaceHoles`; ``rescaled`` is 1 when the face area's coverage was out of range
-    and rescaled (:func:`masks.fit_box`).
-    """
-
-    def __init__(self, sequences: Any, min_coverage: float, max_coverage: float, train: bool,
-                 hflip_prob: float = 0.5) -> None:
-        self.seqs, self.train, self.hflip_prob = sequences, train, hflip_prob
-        self.min_coverage, self.max_coverage = min_coverage, max_coverage
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
-    def _load(self, i: int) -> dict[str, Any]:
-        frames, areas = self.seqs.entries[i]
-        pa, fa = areas[-1]
-        s = self.seqs.panel_size
-        image = to_signed(open_rgb(self.seqs.panels_root / frames[-1]).crop(pa), s)
-        box = face_box_in_panel(pa, fa, s)
-        mask, rescaled = fit_box(box, s, s, self.min_coverage, self.max_coverage)
-        mask = mask[None]
-        if self.train:
-            image, mask = maybe_flip(image, mask, self.hflip_prob)
-        return {"image": image, "mask": mask, "skipped": 0, "rescaled": int(rescaled)}
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        for attempt in range(min(len(self), 50)):
-            try:
-                item = self._load((index + attempt) % len(self))
-                item["skipped"] = attempt
-                return item
-            except DECODE_ERRORS as exc:
-                log.warning("skipping panel of sequence %d: %s", index + attempt, exc)
-        raise RuntimeError(f"no decodable panel near sequence {index}")
-
-
-def resolve_source(cfg: InpaintConfig) -> str:
-    """``faces`` or ``panels`` (``auto``: panels when ``data.path`` holds ``sequences.json``)."""
-    source = cfg.inpaint.source
-    if source == "auto":
-        return "panels" if (Path(str(cfg.data.path)) / "sequences.json").is_file() else "faces"
-    return source
-
-
-def build_datasets(cfg: InpaintConfig) -> tuple[Dataset, Dataset]:
-    """``(train, held_out)`` datasets for ``cfg`` (see the module docstring)."""
-    p, size = cfg.inpaint, cfg.data.image_size
-    if resolve_source(cfg) == "panels":
-        from backbone_ssl.data.golden_datasets import PanelSequences
-
-        everything = PanelSequences(cfg.data.path, "all", panel_size=size, return_mask=False)
-        if len(set(everything.books())) < 2:
-            raise UserError(f"inpaint on panels holds out whole books, but {cfg.data.path} has "
-                            "one book; add books or use inpaint.source=faces")
-        split = [PanelSequences(cfg.data.path, name, test_fraction=p.val_fraction,
-                                panel_size=size, return_mask=False, seed=cfg.seed)
-                 for name in ("train", "test")]
-        return tuple(PanelHoles(s, p.min_coverage, p.max_coverage, train=name == "train",
-                                hflip_prob=p.hflip_prob)
-                     for s, name in zip(split, ("train", "test")))  # type: ignore[return-value]
-    images = ImageFolderDataset(resolve_image_root(cfg.data.path))
-    n = len(images) if cfg.data.max_images is None else min(len(images), cfg.data.max_images)
-    train_idx, val_idx = split_indices(n, p.val_fraction, cfg.seed, f"--data {cfg.data.path}")
-    masks = cfg.mask_generator()
-    return (FaceHoles(images, train_idx, size, masks, True, cfg.seed, p.hflip_prob),
-            FaceHoles(images, val_idx, size, masks, False, cfg.seed, 0.0))
-
-
-# ---- model --------------------------------------------------------------------------------------
-def conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    """Two 3x3 conv + BatchNorm + ReLU layers."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True),
-    )
-
-
-class CoarseDecoder(nn.Module):
-    """U-Net-style decoder: the encoder's final features and its intermediate feature maps
-    (strides ``r_0 < r_1 < ...``, e.g. 2, 4, 8, 16, 32) -> ``[B,3,H,W]`` in [-1, 1].
-
-    The final features (``[B,C,H/32,W/32]`` for most CNNs) are the bottleneck; at each finer scale
-    the running map is upsampled (bilinear) to the skip's size, concatenated with it and passed
-    through :func:`conv_block`; a last block at full resolution and a 3x3 conv + tanh give the
-    image. Widths: ``width * r / 2`` channels at stride ``r`` (at least ``width``, at most
-    ``8 * width``).
-    """
-
-    def __init__(self, final_channels: int, skip_channels: Sequence[int],
-                 reductions: Sequence[int], width: int = 32) -> None:
-        super().__init__()
-
-        def w(r: int) -> int:
-            return min(8 * width, width * max(1, r // 2))
-
-        deepest = reductions[-1] if reductions else 32
-        self.bottleneck = conv_block(final_channels, w(deepest))
-        c = w(deepest)
-        ups = []
-        for ch, r in zip(reversed(skip_channels[:-1]), reversed(reductions[:-1])):
-            ups.append(conv_block(c + ch, w(r)))
-            c = w(r)
-        self.ups = nn.ModuleList(ups)
-        self.full = conv_block(c, width)
-        self.to_rgb = nn.Conv2d(width, 3, 3, padding=1)
-
-    def forward(self, final: torch.Tensor, skips: Sequence[torch.Tensor],
-                out_size: tuple[int, int]) -> torch.Tensor:
-        x = self.bottleneck(final)
-        for block, skip in zip(self.ups, reversed(skips[:-1])):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], dim=1))
-        x = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
-        return torch.tanh(self.to_rgb(self.full(x)))
-
-
-# ---- metrics ------------------------------------------------------------------------------------
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1]."""
-    return ((x + 1.0) * 0.5).clamp(0.0, 1.0)
-
-
-def masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per-image weighted mean: ``[B,C,H,W]`` values, ``[B,1,H,W]`` weights -> ``[B]``."""
-    num = (values * weights).sum(dim=(1, 2, 3))
-    return num / (weights.sum(dim=(1, 2, 3)) * values.shape[1]).clamp_min(1e-8)
-
-
-def hole_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PSNR (dB) over hole pixels, images in [0, 1]: ``[B,3,H,W]`` x2, ``[B,1,H,W]`` -> ``[B]``
-    (capped at 100 dB for an exact fill)."""
-    mse = masked_mean((pred - target) ** 2, mask).clamp_min(1e-10)
-    return -10.0 * torch.log10(mse)
-
-
-def mean_fill(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """The baseline completion: each hole filled with its image's mean visible colour."""
-    valid = 1.0 - masks
-    mean = (images * valid).sum(dim=(2, 3), keepdim=True) / valid.sum(
-        dim=(2, 3), keepdim=True).clamp_min(1e-8)
-    return images * valid + mean * masks
-
-
-def completion_metrics(pred: torch.Tensor, target: torch.Tensor,
-                       mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image ``hole_psnr``, ``hole_l1`` (both over the hole) and whole-image ``psnr`` and
-    ``ssim`` of completions ``pred`` vs ``target`` (``[B,3,H,W]`` in [0, 1]) -> ``{name: [B]}``."""
-    return {
-        "hole_psnr": hole_psnr(pred, target, mask),
-        "hole_l1": masked_mean((pred - target).abs(), mask),
-        "psnr": peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none",
-                                        dim=(1, 2, 3)),
-        "ssim": structural_similarity_index_measure(pred, target, data_range=1.0,
-                                                    reduction="none"),
-    }
 
 
 # ---- the method ---------------------------------------------------------------------------------
@@ -589,5 +372,4 @@ class Inpaint(PretrainMethod):
                 save_image(make_grid(grid, nrow=nrow, padding=2, pad_value=1.0), tmp, format="png")
 
 
-__all__ = ["Inpaint", "InpaintConfig", "InpaintSection", "CoarseDecoder", "FaceHoles",
-           "PanelHoles", "completion_metrics", "hole_psnr", "mean_fill"]
+__all__ = ["Inpaint", "InpaintConfig", "InpaintSection"]
