@@ -224,7 +224,10 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list,
     """A Lightning Trainer configured from ``cfg.trainer``, logging into ``run_dir``."""
     t = cfg.trainer
     log_every = max(1, log_every or t.log_every_n_steps)
-    bar = [StepProgressBar()] if t.enable_progress_bar else []
+    # the bar reads the logged loss back to the host each refresh: on an accelerator only at
+    # logging steps, so no step waits for the device (methods check non-finite losses likewise)
+    refresh = 1 if trains_on_cpu(cfg) else log_every
+    bar = [StepProgressBar(refresh_rate=refresh)] if t.enable_progress_bar else []
     ckpt = FlushingCheckpoint(
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
         every_n_train_steps=max(1, t.checkpoint_every_n_steps), save_on_train_epoch_end=True,
