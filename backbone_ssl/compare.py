@@ -46,31 +46,72 @@ def registered_methods() -> list[str]:
     return [m for m in METHOD_ORDER if m in METHODS] + sorted(set(METHODS) - set(METHOD_ORDER))
 
 
+class _GlobalScope:
+    """Stands in for ``FlopCounterMode``'s module tracker: every FLOP counts toward ``Global``.
+
+    torch's ``ModuleTracker`` registers autograd hooks on every module's inputs and outputs; a
+    module called under ``torch.no_grad()`` on a view of a parameter (pytorch-metric-learning's
+    ``ArcFaceLoss.get_logits`` in ``identity``'s accuracy) has ``requires_grad`` set and no
+    gradient function, and the tracker raises "Expected gradient function to be set". The budget
+    needs only the total, so no per-module attribution (and no hooks) at all.
+    """
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> _GlobalScope:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class TotalFlopCounter(FlopCounterMode):
+    """``torch.utils.flop_counter.FlopCounterMode`` counting the total only (no module tracker,
+    :class:`_GlobalScope`); read it with :meth:`get_total_flops`. Safe around any code a training
+    step runs: ``no_grad`` blocks, EMA updates, manual optimisation, several backward passes."""
+
+    def __init__(self) -> None:
+        super().__init__(display=False)
+        self.mod_tracker = _GlobalScope()
+
+
 class Budget(pl.Callback):
-    """Measures a run's budget: FLOPs of its first training step (forward, backward and optimiser,
-    ``torch.utils.flop_counter.FlopCounterMode``) and, with ``minutes``, stops training once that
-    much wall-clock time has passed since the first step (the same budget for every method)."""
+    """Measures a run's budget: FLOPs of its first training step (forward, backward and optimiser
+    of the real step, every network the method runs, per process; :class:`TotalFlopCounter`) and,
+    with ``minutes``, stops training once that much wall-clock time has passed since the first
+    step (the same budget for every method)."""
 
     def __init__(self, minutes: float | None = None) -> None:
         self.minutes = minutes
         self.flops_per_step: int | None = None
-        self._counter: FlopCounterMode | None = None
+        self._counter: TotalFlopCounter | None = None
         self._start: float | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._start is None:
             self._start = time.perf_counter()
         if self.flops_per_step is None and self._counter is None:
-            self._counter = FlopCounterMode(display=False)
+            self._counter = TotalFlopCounter()
             self._counter.__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._counter is not None:
-            self._counter.__exit__(None, None, None)
             self.flops_per_step = int(self._counter.get_total_flops())
-            self._counter = None
+            self._close()
         if self.minutes is not None and time.perf_counter() - self._start >= 60 * self.minutes:
             trainer.should_stop = True
+
+    def _close(self) -> None:
+        """Leave the counting mode (it is process-global: it must never outlive the step)."""
+        counter, self._counter = self._counter, None
+        if counter is not None:
+            counter.__exit__(None, None, None)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._close()  # a step that raised (e.g. a non-finite loss) leaves no mode behind
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._close()
 
 
 def prepare_data(out: Path, identities: int, per_identity: int, books: int, pages: int,

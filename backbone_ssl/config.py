@@ -83,6 +83,7 @@ class TrainerConfig:
     channels_last: bool = False  # NHWC model + batches (faster convs on GPU and oneDNN CPUs)
     sync_batchnorm: bool = False  # DDP: BatchNorm statistics over all processes (Lightning's)
     stop_on_collapse: bool = False  # end the run when the collapse monitor fires (monitors.py)
+    logger: str = "csv"  # csv: RUN/metrics.csv + plots/ | tensorboard: RUN/tensorboard/ only | both
 
 
 @dataclass
@@ -267,6 +268,8 @@ def check_range(value: Any, key: str, low: float | None = None, high: float | No
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true",
               "bf16-true", "64-true", "64", "transformer-engine", "transformer-engine-float16")
 #: Lightning's accelerator names (``trainer.accelerator``).
+#: ``trainer.logger``: RUN/metrics.csv, RUN/tensorboard/ event files, or both (same metric names)
+LOGGERS = ("csv", "tensorboard", "both")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 
 
@@ -346,6 +349,7 @@ def validate_shared(cfg: RunConfig) -> None:
     check_range(t.limit_train_batches, "trainer.limit_train_batches", 0, low_open=True,
                 allow=(None,))
     check_choice(str(t.precision), PRECISIONS, "trainer.precision")
+    check_choice(str(t.logger), LOGGERS, "trainer.logger")
     check_trainer_devices(str(t.accelerator), t.devices)
 
 

@@ -1,11 +1,14 @@
 """``backbone-ssl pretrain``: the Lightning Trainer around a method.
 
-Lightning does the loop, devices, DDP, precision, checkpoint/resume, progress bar and CSV logs;
+Lightning does the loop, devices, DDP, precision, checkpoint/resume, progress bar, CSV and
+TensorBoard logs;
 this module only wires the run directory:
 
     RUN/config.yaml              the resolved config (what `--resume` reads back)
     RUN/checkpoints/last.ckpt    rewritten atomically every `trainer.checkpoint_every_n_steps`
-    RUN/metrics.csv              Lightning CSVLogger
+    RUN/metrics.csv              Lightning CSVLogger (``trainer.logger``: csv | both)
+    RUN/tensorboard/             Lightning TensorBoardLogger event files, the same metric names
+                                 (``trainer.logger``: tensorboard | both)
     RUN/plots/*.png              loss, kNN, lr, EMA momentum, collapse monitor
     RUN/encoder/                 the exported frozen backbone (timm folder), at the end
                                  (the `export.network` one: DINO's teacher, BYOL's online)
@@ -23,6 +26,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.rank_zero import rank_zero_only
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from backbone_ssl.checkpointing import AtomicCheckpointIO, FlushingCheckpoint, remove_stale_temps
@@ -93,7 +97,7 @@ RESUME_SAFE_KEYS = frozenset({
     "trainer.max_steps", "trainer.max_epochs", "trainer.log_every_n_steps",
     "trainer.checkpoint_every_n_steps", "trainer.enable_progress_bar", "trainer.precision",
     "trainer.gradient_clip_val", "trainer.accelerator", "data.num_workers", "data.val_train",
-    "data.val_test", "data.val_every_n_epochs", "optim.lr",
+    "data.val_test", "data.val_every_n_epochs", "optim.lr", "trainer.logger",
 })
 
 
@@ -210,12 +214,35 @@ def collapse_warmup_fraction(cfg: RunConfig) -> float:
     return max(frac, float(getattr(method_section, "warmup_teacher_temp_fraction", 0.0)))
 
 
+#: ``RUN/<this>/``: the TensorBoard event files (``tensorboard --logdir RUN/tensorboard``)
+TENSORBOARD_DIR = "tensorboard"
+
+
+def make_loggers(kind: str, run_dir: Path) -> list[Logger]:
+    """The run's Lightning loggers for ``trainer.logger`` (``csv`` | ``tensorboard`` | ``both``):
+    ``RUN/metrics.csv`` (kept across ``--resume``) and/or TensorBoard event files in
+    ``RUN/tensorboard/``; every logger receives the same metric names."""
+    loggers: list[Logger] = []
+    if kind in ("csv", "both"):
+        loggers.append(RunCSVLogger(run_dir))
+    if kind in ("tensorboard", "both"):
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name=TENSORBOARD_DIR, version="",
+                                         default_hp_metric=False))
+    if not loggers:
+        raise UserError(f"config key 'trainer.logger' must be one of csv, tensorboard, both, "
+                        f"got '{kind}'")
+    return loggers
+
+
 def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list,
                  log_every: int | None = None) -> pl.Trainer:
     """A Lightning Trainer configured from ``cfg.trainer``, logging into ``run_dir``."""
     t = cfg.trainer
     log_every = max(1, log_every or t.log_every_n_steps)
-    bar = [StepProgressBar()] if t.enable_progress_bar else []
+    # the bar reads the logged loss back to the host each refresh: on an accelerator only at
+    # logging steps, so no step waits for the device (methods check non-finite losses likewise)
+    refresh = 1 if trains_on_cpu(cfg) else log_every
+    bar = [StepProgressBar(refresh_rate=refresh)] if t.enable_progress_bar else []
     ckpt = FlushingCheckpoint(
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
         every_n_train_steps=max(1, t.checkpoint_every_n_steps), save_on_train_epoch_end=True,
@@ -224,7 +251,7 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: list,
         max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator,
         devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=resolve_precision(cfg), default_root_dir=str(run_dir),
-        logger=RunCSVLogger(run_dir),
+        logger=make_loggers(str(t.logger), run_dir),
         callbacks=[ckpt, RestoreLoaderState(), *bar, *callbacks], plugins=[AtomicCheckpointIO()],
         log_every_n_steps=log_every, gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -24,10 +25,28 @@ FAST = ["trainer.max_steps=3", "trainer.enable_progress_bar=false", "data.image_
         "trainer.log_every_n_steps=1"]
 
 
-def test_generator_shapes_and_range():
+def test_generator_shapes_range_and_dependence_on_z():
+    torch.manual_seed(0)
     g = DCGANGenerator(16, size=32, channels=8)
-    x = g(torch.randn(5, 16))
+    z = torch.randn(5, 16)
+    x = g(z)
     assert x.shape == (5, 3, 32, 32) and x.abs().max() <= 1.0
+    loud = copy.deepcopy(g)
+    last = [m for m in loud.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    with torch.no_grad():
+        last.weight.mul_(1000)  # the last layer's outputs go far past +-1: only tanh bounds them
+        y = loud(z)
+    assert y.abs().max() <= 1.0 and y.abs().max() > 0.999
+    g.eval()  # batch norm on running statistics: each image depends on its own z only
+    with torch.no_grad():
+        a, b = g(z), g(torch.cat([z[:2], torch.randn(3, 16)]))
+    torch.testing.assert_close(a[:2], b[:2])
+    scale = a.abs().max()  # fresh running statistics: small outputs, compare relatively
+    assert (a[2:] - b[2:]).abs().amax((1, 2, 3)).min() > 0.1 * scale  # another z, another image
+    assert a.std((2, 3)).min() > 0.05 * scale  # not a flat colour
+    g.train()
+    g(z).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in g.parameters())
 
 
 def test_frozen_encoder_discriminator_passes_gradients_but_keeps_weights():

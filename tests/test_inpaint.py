@@ -74,8 +74,22 @@ def test_gradient_penalty_of_a_linear_critic_by_hand():
 
 @pytest.mark.parametrize("size", [32, 20, 64])
 def test_discriminator_gives_one_score_per_image(size):
+    torch.manual_seed(0)
     d = ConvDiscriminator(size, width=4)
-    assert d(torch.randn(3, 3, size, size)).shape == (3,)
+    x = torch.randn(3, 3, size, size, requires_grad=True)
+    scores = d(x)
+    assert scores.shape == (3,)
+    # each score depends on its own image only (no batch statistics: WGAN-GP needs that) ...
+    torch.testing.assert_close(d(x[1:2]), scores[1:2])
+    # ... and on every part of it: the gradient reaches the image's corners and centre
+    scores[0].backward()
+    g = x.grad[0].abs().sum(0)
+    assert x.grad[1:].abs().max() == 0
+    for y, xx in ((0, 0), (size - 1, size - 1), (size // 2, size // 2)):
+        assert g[max(0, y - 1):y + 2, max(0, xx - 1):xx + 2].sum() > 0, (y, xx)
+    other = x.detach().clone()
+    other[0] = -other[0]
+    assert abs(float(d(other)[0] - scores[0])) > 1e-6  # another image, another score
 
 
 def test_crop_boxes_takes_the_box_and_keeps_gradients():

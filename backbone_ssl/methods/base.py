@@ -2,7 +2,9 @@
 
 - :class:`PretrainMethod` owns what every method shares: the timm backbone (``model.weights``),
   the optimiser with lightly's linear-warm-up + cosine schedule (per step), lr scaling,
-  ``trainer.channels_last``, the skipped-image counter, and the *network contract*: which
+  ``trainer.channels_last``, the skipped-image counter, the non-finite-loss guard
+  (:attr:`PretrainMethod.loss_guard`: checked on the device every step, read back only at logging
+  steps, before each checkpoint and at the end), and the *network contract*: which
   backbone ``export.network`` / ``export --network`` names (``teacher`` or ``student``), the one
   that is exported and that the online kNN monitor measures (:attr:`PretrainMethod.networks`).
 - :class:`SSLMethod` (dino, byol, the other lightly methods): augmented views of unlabelled
@@ -34,6 +36,10 @@ from backbone_ssl.config import RunConfig, to_dict
 from backbone_ssl.data.context_swap import context_swap
 from backbone_ssl.data.datasets import ImageFolderDataset, PretrainViews, resolve_image_root
 from backbone_ssl.errors import UserError
+from backbone_ssl.methods.support import (
+    FiniteLossGuard,
+    NonFiniteLossError,  # noqa: F401 - re-exported: cli, checkpointing, search import it here
+)
 
 
 def load_initial_weights(backbone: nn.Module, source: str) -> None:
@@ -51,10 +57,6 @@ def load_initial_weights(backbone: nn.Module, source: str) -> None:
     else:
         raise UserError(f"config key 'model.weights': {source} not found")
     load_state_strict(backbone, state, str(path))
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when a training loss is NaN or infinite; the run stops, last.ckpt is kept."""
 
 
 #: the values ``export.network`` and ``export --network`` take
@@ -95,6 +97,8 @@ class PretrainMethod(pl.LightningModule):
         if cfg.model.weights:
             load_initial_weights(self.backbone, cfg.model.weights)
         self.skipped_images = 0
+        #: training steps call ``self.loss_guard.observe(loss, self.global_step, what)``
+        self.loss_guard = FiniteLossGuard()
         self.network_attr(cfg.export.network)  # refuse a network this method lacks, up front
 
     def network_backbone(self, network: str | None = None) -> nn.Module:
@@ -128,10 +132,32 @@ class PretrainMethod(pl.LightningModule):
         raise NotImplementedError
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_losses()  # a diverged state is never written: last.ckpt keeps the good one
         checkpoint["skipped_images"] = int(self.skipped_images)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_images = int(checkpoint.get("skipped_images", 0))
+
+    # ---- non-finite losses (no host sync per step) ------------------------------------------
+    def check_losses(self) -> None:
+        """Raise :class:`NonFiniteLossError` if a loss observed by :attr:`loss_guard` was NaN or
+        infinite, naming the first such step (the minimum over DDP processes: every process
+        raises at the same point)."""
+        trainer = getattr(self, "_trainer", None)
+        reduce_min = None
+        if trainer is not None and trainer.world_size > 1:
+            def reduce_min(t: torch.Tensor) -> torch.Tensor:
+                return trainer.strategy.reduce(t, reduce_op="min")
+        self.loss_guard.check(reduce_min)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Read the loss guard back at logging steps (``trainer.log_every_n_steps``), when
+        Lightning reads the logged metrics back anyway."""
+        if self.global_step % max(1, int(self.trainer.log_every_n_steps)) == 0:
+            self.check_losses()
+
+    def on_train_end(self) -> None:
+        self.check_losses()
 
     # ---- memory format (trainer.channels_last) ---------------------------------------------
     def on_fit_start(self) -> None:
@@ -246,6 +272,14 @@ class SSLMethod(PretrainMethod):
             return BatchedViews(images, self.view_recipes, data.max_images)
         return PretrainViews(images, self.train_transform(), data.max_images)
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the batch's skipped (undecodable) reads while it is still on the host: no sync."""
+        if isinstance(batch, (list, tuple)) and len(batch) == 3:
+            skipped = batch[2]
+            self.skipped_images += (int(skipped.sum()) if torch.is_tensor(skipped)
+                                    else int(sum(skipped)))
+        return batch
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Render batched views (``data.batch_augment``, on the device), then the base's
         ``trainer.channels_last`` conversion."""
@@ -261,18 +295,12 @@ class SSLMethod(PretrainMethod):
         return cosine_schedule(self.global_step, self.total_steps, start, end)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        views, _labels, skipped = batch
+        views, _labels, _skipped = batch  # skipped: counted in on_before_batch_transfer
         if self.cfg.data.context_swap > 0:
             views = context_swap(views, self.cfg.data.context_swap,
                                  self.cfg.data.context_swap_radius)
         loss, embeddings = self.ssl_step(views)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at step {self.global_step}; "
-                "try a lower optim.lr or trainer.precision=32-true; the last checkpoint is kept"
-            )
-        n_skipped = int(skipped.sum().item()) if torch.is_tensor(skipped) else int(sum(skipped))
-        self.skipped_images += n_skipped
+        self.loss_guard.observe(loss, self.global_step)
         bs = views[0].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)

@@ -13,7 +13,6 @@ from typing import Any, Callable
 import torch
 
 from backbone_ssl.methods.base import PretrainMethod
-from backbone_ssl.methods.support import check_finite
 
 
 class SupervisedMethod(PretrainMethod):
@@ -32,7 +31,7 @@ class SupervisedMethod(PretrainMethod):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss, acc = self.supervised_step(x, y)
-        check_finite(loss, self.global_step)
+        self.loss_guard.observe(loss, self.global_step)  # read back at logging steps
         bs = x.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/acc", acc, batch_size=bs)
