@@ -47,6 +47,9 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     "dino_cpu": ("dino", "configs/dino_cpu.yaml", []),
     "simclr_cpu": ("simclr", "configs/simclr_cpu.yaml", []),
     "byol_cpu": ("byol", "configs/byol_cpu.yaml", []),
+    # supervised ceiling (labels of split/train) at the CPU recipes' size and step budget
+    "identity32": ("identity", "configs/identity.yaml",
+                   ["model.arch=resnet10t", "data.image_size=32", "data.batch_size=64"]),
     # the other lightly methods at the CPU recipe's size (resnet10t, 32 px, batch 64)
     "simclr32": ("simclr", "configs/simclr.yaml",
                  ["model.arch=resnet10t", "data.image_size=32", "simclr.min_scale=0.5"]),
@@ -118,6 +121,40 @@ def run_variant(name: str, seed: int, steps: int, root: Path,
             "overrides": base + extra, "config": cfg_file}
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown: one row per (variant, steps, split) with the mean +- std over its seeds."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["steps"], r["split"]), []).append(r)
+
+    def cell(rs: list[dict], key: str) -> str:
+        vals = [r[key] for r in rs if key in r]
+        if not vals:
+            return "-"
+        if len(vals) == 1:
+            return f"{vals[0]:.3f}"
+        return f"{statistics.mean(vals):.3f} +- {statistics.stdev(vals):.3f}"
+
+    out = ["| variant | overrides | steps | seeds | pretrain s | val kNN | val faces by char. "
+           "| test kNN | test faces by char. |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (name, steps, _split), rs in groups.items():
+        over = " ".join(f"`{o}`" for o in rs[0].get("overrides", [])) or "-"
+        secs = [r["pretrain_s"] for r in rs if "pretrain_s" in r]
+        sec = f"{sum(secs) / len(secs):.0f}" if secs else "-"
+        if "test_top1" in rs[0] or rs[0]["split"] == "test" and not secs:
+            test_faces = cell(rs, "test_top1") if secs else cell(rs, "top1")
+            test_chars = cell(rs, "test_char_top1") if secs else cell(rs, "char_top1")
+        else:
+            test_faces = test_chars = "-"
+        val_faces = cell(rs, "top1") if rs[0]["split"] == "val" or secs else "-"
+        val_chars = cell(rs, "char_top1") if rs[0]["split"] == "val" or secs else "-"
+        out.append(f"| {name} | {over} | {steps} | {len(rs)} | {sec} | {val_faces} | "
+                   f"{val_chars} | {test_faces} | {test_chars} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default="/tmp/recipe_study")
@@ -128,11 +165,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--baselines", action="store_true", help="score pixels and random init")
+    p.add_argument("--table", action="store_true",
+                   help="print ROOT/results.jsonl as a markdown table (mean +- std over seeds)")
     p.add_argument("--test", action="store_true",
                    help="score on split/test (once, for the chosen recipe)")
     args = p.parse_args(argv)
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        lines = (root / "results.jsonl").read_text().splitlines()
+        print(table([json.loads(line) for line in lines if line.strip()]))
+        return
     data = make_data(root)
     split = "test" if args.test else "val"
     out = root / "results.jsonl"
