@@ -224,6 +224,29 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
     assert not (run / "encoder").exists()
 
 
+def test_non_finite_critic_loss_is_caught_off_logging_steps_before_the_next_checkpoint(
+        tiny_split, tmp_path, capsys, monkeypatch):
+    """The losses are checked on the device and read back only at logging steps, checkpoints
+    and the end: with logging every 50 steps, a NaN critic loss at step 1 stops the run at the
+    step-2 checkpoint, which is not written (last.ckpt stays at step 1)."""
+    train, _ = tiny_split
+    original = Inpaint.discriminator_step_loss
+
+    def poisoned(self, real, fake, boxes):
+        loss, gp = original(self, real, fake, boxes)
+        return (loss * float("nan"), gp) if self.global_step == 1 else (loss, gp)
+
+    monkeypatch.setattr(Inpaint, "discriminator_step_loss", poisoned)
+    run = tmp_path / "run"
+    rc = main(["pretrain", "inpaint", "--data", str(train), "--out", str(run),
+               "trainer.max_steps=4", "trainer.checkpoint_every_n_steps=1", *FAST,
+               "trainer.log_every_n_steps=50"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite discriminator loss" in err[0] and "at step 1" in err[0]
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 1
+
+
 @pytest.mark.parametrize("override, expected", [
     ("inpaint.min_coverage=0", "min_coverage"),
     ("inpaint.max_coverage=1.0", "never all"),

@@ -33,7 +33,11 @@ Training uses Lightning manual optimisation: per batch one discriminator step, t
 steps through its plain torch optimiser), so ``trainer.max_steps`` means batches, as for the other
 methods. Hence ``16-mixed`` precision (loss scaling) and ``trainer.gradient_clip_val`` are refused;
 under DDP use ``trainer.strategy=ddp_find_unused_parameters_true`` (each backward uses only one
-side's parameters).
+side's parameters). Both losses go to the method's non-finite guard on the device
+(:class:`~backbone_ssl.methods.support.FiniteLossGuard`), read back only at logging steps, before
+each checkpoint and at the end: a NaN/inf loss stops the run naming the loss and its first step,
+and ``last.ckpt`` keeps the last good state. Skipped reads and rescaled holes are counted on the
+host, before the batch moves to the device.
 
 Held-out metrics, logged to ``metrics.csv`` every ``inpaint.val_every_n_epochs`` epochs and at
 the end: ``val/hole_psnr`` (PSNR over hole pixels, [0,1] range, mean over images), ``val/hole_l1``,
@@ -65,7 +69,7 @@ from backbone_ssl.methods.base import PretrainMethod
 from backbone_ssl.methods.inpaint_data import build_datasets, resolve_source
 from backbone_ssl.methods.inpaint_decoder import CoarseDecoder
 from backbone_ssl.methods.masks import MaskGenerator, mask_boxes
-from backbone_ssl.methods.support import check_finite, plots_dir, should_validate
+from backbone_ssl.methods.support import plots_dir, should_validate
 from backbone_ssl.nn.critics import ConvDiscriminator, crop_boxes
 from backbone_ssl.nn.gan_losses import (
     check_gan_loss,
@@ -210,6 +214,14 @@ class Inpaint(PretrainMethod):
                  len(train), len(self.val_set))
         return train
 
+    def on_before_batch_transfer(self, batch: dict[str, Any],
+                                 dataloader_idx: int) -> dict[str, Any]:
+        """Count skipped reads and rescaled holes while the batch is still on the host (no device
+        sync in the training step)."""
+        self.skipped_images += int(batch["skipped"].sum())
+        self.mask_rescaled += int(batch["rescaled"].sum())
+        return batch
+
     # ---- generator ----
     def encoder_input(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """``[B,3,H,W]`` in [-1,1] + ``[B,1,H,W]`` holes -> normalised input, hole set to 0."""
@@ -280,7 +292,7 @@ class Inpaint(PretrainMethod):
         if p.adv_weight > 0:
             self.toggle_optimizer(opt_d)
             d_loss, gp = self.discriminator_step_loss(images, comp, boxes)
-            check_finite(d_loss, step, "discriminator loss")
+            self.loss_guard.observe(d_loss, step, "discriminator loss")  # no host sync
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             opt_d.optimizer.step()
@@ -294,7 +306,7 @@ class Inpaint(PretrainMethod):
             sg, sl = self.critic_scores(comp, boxes)
             adv = generator_loss(p.gan_loss, sg) + generator_loss(p.gan_loss, sl)
         loss = l1 + p.adv_weight * adv
-        check_finite(loss, step, "generator loss")
+        self.loss_guard.observe(loss, step, "generator loss")  # read back at logging steps
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt_g.step()
@@ -302,8 +314,6 @@ class Inpaint(PretrainMethod):
         self.untoggle_optimizer(opt_g)
 
         bs = images.shape[0]
-        self.skipped_images += int(batch["skipped"].sum())
-        self.mask_rescaled += int(batch["rescaled"].sum())
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         self.log("train/l1", l1.detach(), batch_size=bs)
         self.log("train/adv", adv.detach(), batch_size=bs)
