@@ -342,8 +342,10 @@ def test_training_steps_update_both_critics_and_the_local_term_reaches_the_gener
     for name, before in watch.start.items():
         changed = [k for k, v in before.items()
                    if not torch.equal(state[f"{name}.{k}"], v)]
-        # every weight of both critics moved (each is in the critics' optimiser)
-        assert sorted(changed) == sorted(before), (name, set(before) - set(changed))
+        # every weight matrix of both critics moved (each is in the critics' optimiser; a bias
+        # can see a zero gradient: under hinge, real and fake terms cancel when all are active)
+        weights = [k for k in before if k.endswith("weight")]
+        assert weights and set(weights) <= set(changed), (name, set(weights) - set(changed))
     # the generator step scores the completion with the local critic, and that score's term is
     # in the generator loss: its gradient reaches the score (adv_weight x d generator_loss)
     assert watch.frozen_calls == 2
