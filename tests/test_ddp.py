@@ -64,3 +64,45 @@ def test_two_process_ddp_on_cpu(method, tiny_split, tmp_path):
     ours = {".backbone-ssl-output.json", ".lock"}  # the --out marker and the run lock's file
     leftovers = [p.name for p in run.iterdir() if p.name.startswith(".") and p.name not in ours]
     assert leftovers == [] and (run / "plots" / "loss.png").is_file()
+
+
+@pytest.fixture()
+def tiny_prep(tmp_path):
+    """A `golden prepare` output of 6 toy books (person: both classes on each side)."""
+    from backbone_ssl.data.golden import prepare
+    from backbone_ssl.data.toy_comics import write_toy_comics
+
+    comics = tmp_path / "comics"
+    write_toy_comics(comics, books=6, pages=2, seed=0)
+    prepare(comics / "raw_panel_images", comics / "face_annotations", tmp_path / "prep")
+    return tmp_path / "prep"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["person", "inpaint"])
+def test_two_process_ddp_on_cpu_own_training_step(method, tiny_split, tiny_prep, tmp_path):
+    """person (supervised, held-out books) and inpaint (manual optimisation: encoder-decoder plus
+    two critics, held-out holes) under 2-process gloo DDP: both ranks finish, every step is
+    logged once, the held-out metric is logged, the encoder is exported by rank 0."""
+    train, _ = tiny_split
+    data = tiny_prep if method == "person" else train
+    extra = (["inpaint.decoder_width=8", "inpaint.disc_width=8", "inpaint.local_size=16",
+              "inpaint.val_fraction=0.25"] if method == "inpaint" else [])
+    run = tmp_path / "run"
+    cmd = cli_command() + [
+        "pretrain", method, "--data", str(data), "--out", str(run),
+        "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
+        "trainer.max_steps=3", *FAST, *extra,
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("pretrained") == 2  # both ranks finished the command
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 3
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [0, 1, 2]
+    held_out = "val/roc_auc" if method == "person" else "val/hole_psnr"
+    assert [r for r in rows if r.get(held_out)], held_out
+    enc = load_encoder_bundle(run / "encoder")
+    assert enc.meta["steps"] == 3 and enc.meta["method"] == method

@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import draw_identity_folder
+from PIL import Image
 
 from backbone_ssl.config import load_config
-from backbone_ssl.data.cache import CACHE_ENV, CachedImages, build_decode_cache
+from backbone_ssl.data.cache import (
+    CACHE_ENV,
+    CachedImages,
+    build_decode_cache,
+    cached_size,
+    index_file,
+)
 from backbone_ssl.data.datasets import ImageFolderDataset
 from backbone_ssl.data.sampling import ResumableLoader, SeededDataset, SeededIndex
 from backbone_ssl.io import open_rgb
@@ -39,8 +46,9 @@ def method_dataset(name: str, root: Path, cache: bool, **extra: str) -> SeededDa
 def test_cache_holds_the_decoded_pixels_and_is_reused(folder):
     images = ImageFolderDataset(folder)
     cached = CachedImages(images, SIZE)
-    assert cached.pixels.shape == (len(images), SIZE, SIZE, 3)
+    assert cached.pixels.shape == (len(images) * SIZE * SIZE * 3,)
     assert cached.pixels.dtype == np.uint8 and cached.ok.all()
+    assert (cached.index[:, 1:] == SIZE).all()
     for i in (0, 5, len(images) - 1):
         decoded = np.asarray(open_rgb(images.paths[i]))
         np.testing.assert_array_equal(np.asarray(cached.load(i)), decoded)
@@ -50,7 +58,7 @@ def test_cache_holds_the_decoded_pixels_and_is_reused(folder):
     assert again == cached.array_file and again.stat().st_mtime_ns == stamp  # not rebuilt
     # another working size or a changed file -> another cache file
     other, _ = build_decode_cache(images.paths, images.root, 16)
-    assert other != cached.array_file and np.load(other, mmap_mode="r").shape[1:] == (16, 16, 3)
+    assert other != cached.array_file and (np.load(index_file(other))[:, 1:] == 16).all()
     open_rgb(images.paths[0]).rotate(90).save(images.paths[0])
     changed, _ = build_decode_cache(images.paths, images.root, SIZE)
     assert changed != cached.array_file
@@ -93,6 +101,62 @@ def test_cached_views_have_the_plain_distribution(folder, name, extra):
     views = torch.cat([v.flatten() for v in fast[SeededIndex(0, 7)][0]])
     assert lo - 1e-4 <= float(views.min()) and float(views.max()) <= hi + 1e-4
     assert float(views.std()) > 0.1  # not a constant image
+
+
+def write_non_square(root: Path) -> dict[str, tuple[int, int]]:
+    """Panels and crops of several shapes (``(w, h)``), like iCartoonFace crops and COMICS
+    panels: two within the working size (stored as they are), two above it (resized)."""
+    rng = np.random.default_rng(3)
+    shapes = {"panel_wide": (48, 24), "crop_tall": (20, 40), "panel_big": (120, 60),
+              "crop_big": (50, 90)}
+    for k, (name, (w, h)) in enumerate(shapes.items()):
+        d = root / f"id_{k % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        pixels[: h // 2, : w // 3] = (220, 40, 40)  # a block the crops must keep in place
+        Image.fromarray(pixels).save(d / f"{name}.png")
+    return shapes
+
+
+def test_cache_keeps_the_aspect_ratio_of_non_square_images(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    shapes = write_non_square(tmp_path / "imgs")
+    images = ImageFolderDataset(tmp_path / "imgs")
+    cached = CachedImages(images, SIZE)
+    for i, path in enumerate(images.paths):
+        w, h = shapes[path.stem]
+        im = cached.load(i)
+        original = open_rgb(path)
+        if min(w, h) <= SIZE:  # within the working size: the file's own pixels
+            assert im.size == (w, h)
+            np.testing.assert_array_equal(np.asarray(im), np.asarray(original))
+        else:  # shorter side resized to SIZE, the same aspect ratio
+            assert min(im.size) == SIZE and im.size == cached_size(w, h, SIZE)
+            assert abs(im.width / im.height - w / h) < 0.05
+            np.testing.assert_array_equal(
+                np.asarray(im), np.asarray(original.resize(im.size, Image.BICUBIC)))
+    # square=True (data.batch_augment's batched rendering) squashes, as before
+    square = CachedImages(images, SIZE, square=True)
+    assert {square.load(i).size for i in range(len(images))} == {(SIZE, SIZE)}
+    assert square.array_file != cached.array_file
+
+
+def test_cached_views_of_non_square_images_are_the_plain_views(tmp_path, monkeypatch):
+    """RandomResizedCrop draws its box from the image's own width and height: with the aspect
+    ratio kept, the cached path gives the very views of the plain path (same seed)."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    shapes = write_non_square(tmp_path / "imgs")
+    plain = method_dataset("byol", tmp_path / "imgs", cache=False)
+    fast = method_dataset("byol", tmp_path / "imgs", cache=True)
+    paths = ImageFolderDataset(tmp_path / "imgs").paths
+    for index, path in enumerate(paths):
+        w, h = shapes[path.stem]
+        if min(w, h) > SIZE:
+            continue  # resized once in the cache: close, not identical
+        views_p, _, _ = plain[SeededIndex(index, 50 + index)]
+        views_f, _, _ = fast[SeededIndex(index, 50 + index)]
+        for vp, vf in zip(views_p, views_f):
+            torch.testing.assert_close(vf, vp, rtol=0, atol=1e-6)
 
 
 def test_augmentations_stay_random_per_sample(folder):
@@ -244,11 +308,32 @@ def test_batched_views_have_the_plain_distribution(folder, name, extra):
     assert torch.unique(first, dim=0).shape[0] == len(first)  # no two views alike
 
 
-def test_pretrain_with_batched_views(folder, tmp_path):
+def test_pretrain_with_batched_views(folder, tmp_path, monkeypatch):
+    """The loss of a ``data.batch_augment`` run sees two normalised float views per image,
+    rendered from each sample's own parameters (two different views of every image)."""
+    from backbone_ssl.methods.byol import BYOL
     from backbone_ssl.train import pretrain
 
+    seen: list[list[torch.Tensor]] = []
+    real_step = BYOL.ssl_step
+
+    def spy(self, views):
+        seen.append([v.detach().clone() for v in views])
+        return real_step(self, views)
+
+    monkeypatch.setattr(BYOL, "ssl_step", spy)
     res = pretrain("byol", data=str(folder), out=str(tmp_path / "run"), overrides=[
         "data.batch_augment=true", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
         "data.num_workers=0", "model.arch=resnet10t", f"data.image_size={SIZE}",
         "data.batch_size=4"])
     assert res.steps == 2 and (res.encoder_dir / "model.safetensors").is_file()
+    assert len(seen) == 2
+    lo, hi = (0 - 0.485) / 0.229 - 1e-4, (1 - 0.406) / 0.225 + 1e-4
+    for views in seen:
+        assert len(views) == 2
+        for v in views:
+            assert v.shape == (4, 3, SIZE, SIZE) and v.dtype == torch.float32
+            assert lo <= float(v.min()) and float(v.max()) <= hi and float(v.std()) > 0.1
+        # the two views of each image differ (each drew its own crop / flip / jitter)
+        assert (views[0] - views[1]).abs().flatten(1).amax(1).min() > 0.05
+    assert not torch.equal(seen[0][0], seen[1][0])  # the second step saw other views

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightly.utils.scheduler import cosine_schedule
+from omegaconf import OmegaConf
 
 from backbone_ssl.cli import main
 from backbone_ssl.export import load_encoder_bundle, read_checkpoint
+from backbone_ssl.monitors import OnlineKNN
 
 FAST = ["trainer.enable_progress_bar=false", "data.num_workers=0", "model.arch=resnet10t",
         "data.image_size=32", "data.batch_size=8", "trainer.log_every_n_steps=1"]
@@ -34,12 +39,22 @@ def test_pretrain_writes_the_run_contract(method, tiny_split, tmp_path):
         assert (run / rel).is_file(), rel
     metrics = rows(run / "metrics.csv")
     losses = [float(r["train/loss"]) for r in metrics if r.get("train/loss")]
-    assert len(losses) == 4 and all(l == l for l in losses)  # noqa: E741 - finite, one per step
-    knn = [float(r["val/knn_top1"]) for r in metrics if r.get("val/knn_top1")]
-    assert knn and all(0.0 <= v <= 1.0 for v in knn)
-    momentum = [float(r["train/ema_momentum"]) for r in metrics if r.get("train/ema_momentum")]
-    assert momentum == sorted(momentum)  # cosine schedule towards 1.0
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)  # one per step
+    assert len(set(losses)) == 4  # the loss moves: every step trained on new views
+    cfg = OmegaConf.load(run / "config.yaml")
+    start, end = cfg[method]["momentum_start"], cfg[method]["momentum_end"]
+    assert start < end
+    momentum = {int(r["step"]): float(r["train/ema_momentum"]) for r in metrics
+                if r.get("train/ema_momentum")}
+    assert sorted(momentum) == [0, 1, 2, 3]
+    for step, value in momentum.items():  # lightly's cosine schedule from start to end
+        assert value == pytest.approx(cosine_schedule(step, 4, start, end), abs=1e-6), step
     enc = load_encoder_bundle(run / "encoder")
+    # the last online kNN measurement (end of training) is the exported encoder's kNN
+    knn = [float(r["val/knn_top1"]) for r in metrics if r.get("val/knn_top1")]
+    stub = SimpleNamespace(backbone=enc.module, device=torch.device("cpu"))
+    expected = OnlineKNN(str(train), str(test), image_size=32).measure(stub)["top1"]
+    assert knn and knn[-1] == pytest.approx(expected, abs=1e-6)
     assert enc.arch == "resnet10t" and enc.input_size == 32
     assert enc.meta["method"] == method and enc.meta["steps"] == 4
     ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")  # weights_only=True works

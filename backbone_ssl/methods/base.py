@@ -263,8 +263,9 @@ class SSLMethod(PretrainMethod):
         if data.cache or data.batch_augment:  # decode once into a memory-mapped uint8 file
             from backbone_ssl.data.cache import CachedImages
 
+            # batched rendering needs one size: squares; otherwise the files' own aspect ratio
             images = CachedImages(images, data.image_size, data.max_images,
-                                  num_workers=data.num_workers)
+                                  num_workers=data.num_workers, square=data.batch_augment)
         if data.batch_augment:  # workers draw parameters; on_after_batch_transfer renders
             from backbone_ssl.data.batch_views import BatchedViews, recipes_from
 
