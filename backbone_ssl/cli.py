@@ -299,15 +299,15 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 @registrar
 def _downstream(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("downstream", help="plug an encoder into a downstream model")
-    p.add_argument("task", choices=["cloze", "siamese", "gan", "bigan", "vaegan", "stylegan",
-                                    "invert"])
+    p.add_argument("task", choices=["cloze", "siamese", "gan", "bigan", "vaegan", "introvae",
+                                    "stylegan", "invert"])
     p.add_argument("--generator", help="invert: a `downstream stylegan` run folder")
     p.add_argument("--mask", choices=["none", "box"], help="invert: masked inversion")
     p.add_argument("--encoder", required=True, help="encoder folder, checkpoint or random:<arch>")
     p.add_argument("--data", required=True)
     p.add_argument("--out", help="run directory (default runs/<task>-<time>)")
     p.add_argument("--resume", action="store_true",
-                   help="bigan, vaegan: continue RUN/checkpoints/last.ckpt")
+                   help="bigan, vaegan, introvae: continue RUN/checkpoints/last.ckpt")
     p.set_defaults(func=cmd_downstream, accepts_overrides=True)
 
 

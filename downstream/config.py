@@ -1,4 +1,4 @@
-"""Task configs for ``backbone-ssl downstream {cloze,siamese,gan,bigan,vaegan}``: dataclass
+"""Task configs for ``backbone-ssl downstream {cloze,siamese,gan,bigan,vaegan,introvae}``: dataclass
 defaults <- ``configs/<task>.yaml`` <- ``key=value`` overrides (via
 :func:`backbone_ssl.config.load_config`).
 
@@ -22,7 +22,7 @@ from backbone_ssl.config import check_choice, check_positive
 from backbone_ssl.errors import UserError
 from backbone_ssl.nn.gan_losses import GAN_LOSSES
 
-TASKS = ("cloze", "siamese", "gan", "bigan", "vaegan", "stylegan", "invert")
+TASKS = ("cloze", "siamese", "gan", "bigan", "vaegan", "introvae", "stylegan", "invert")
 SEQUENCE_MODES = ("concat", "lstm", "bilstm")
 GAN_LOSS_NAMES = GAN_LOSSES  # nonsaturating | hinge | wgan-gp (backbone_ssl.nn.gan_losses)
 SPLITS = ("identity", "image")
@@ -322,8 +322,51 @@ class VaeganConfig:
         resolve_gan_training(self)
 
 
+# ---- introvae ---------------------------------------------------------------------------------
+@dataclass
+class IntrovaeModel:
+    latent_dim: int = 100
+    gen_channels: int = 32  # DCGAN decoder (generator) width
+    finetune_encoder: bool = True  # E's backbone trains (at optim.encoder_lr); false: head only
+
+
+@dataclass
+class IntrovaeLoss:
+    alpha: float = 0.25  # weight of the adversarial KL terms (paper's alpha)
+    beta: float = 0.5  # weight of the reconstruction loss L_AE (paper's beta)
+    margin: float = 100.0  # m: E pushes the KL of generated faces up to this (per sample, summed
+    #                        over latent dims); scale it with model.latent_dim
+    vae_warmup_steps: int = 0  # batches trained as a plain VAE before the introspective terms
+
+
+@dataclass
+class IntrovaeConfig:
+    task: str = "introvae"
+    seed: int = 0
+    data: GanData = field(default_factory=GanData)
+    model: IntrovaeModel = field(default_factory=IntrovaeModel)
+    loss: IntrovaeLoss = field(default_factory=IntrovaeLoss)
+    optim: TaskOptimConfig = field(default_factory=lambda: TaskOptimConfig(beta1=0.9,
+                                                                           beta2=0.999))
+    trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def validate(self) -> None:
+        _check_common(self)
+        _power_side(self.data.image_size, "data.image_size")
+        for key in ("latent_dim", "gen_channels"):
+            check_positive(getattr(self.model, key), f"model.{key}")
+        for key in ("alpha", "beta", "margin", "vae_warmup_steps"):
+            if getattr(self.loss, key) < 0:
+                raise UserError(f"config key 'loss.{key}' must be >= 0, got "
+                                f"{getattr(self.loss, key)}")
+        if not (0.0 <= self.optim.beta1 < 1.0 and 0.0 <= self.optim.beta2 < 1.0):
+            raise UserError("config keys 'optim.beta1/beta2' must be in [0, 1)")
+
+
 CONFIGS: dict[str, type] = {"cloze": ClozeConfig, "siamese": SiameseConfig, "gan": GanConfig,
-                            "bigan": BiganConfig, "vaegan": VaeganConfig}
+                            "bigan": BiganConfig, "vaegan": VaeganConfig,
+                            "introvae": IntrovaeConfig}
 
 
 #: (beta1, beta2, n_critic) by loss: DCGAN's Adam(0.5, 0.999) and one critic step; WGAN-GP's
