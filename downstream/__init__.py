@@ -19,7 +19,8 @@ def run_downstream(task: str, *, encoder: str, data: str, out: str,
     Loads ``configs/<task>.yaml`` (or ``config_file``) with the overrides, trains the task model
     on ``data`` with the encoder ``ENC`` (an exported folder, a .ckpt or ``random:<arch>``) and
     writes ``RUN/report.json``, ``RUN/report.md`` and ``RUN/plots/``; returns the report.
-    ``resume`` (bigan, vaegan, introvae): continue ``RUN/checkpoints/last.ckpt`` up to ``trainer.max_steps``.
+    ``resume`` (bigan, vaegan, introvae): continue ``RUN/checkpoints/last.ckpt`` up to
+    ``trainer.max_steps``.
     """
     from backbone_ssl.config import load_config
     from backbone_ssl.errors import UserError

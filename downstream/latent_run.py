@@ -2,7 +2,8 @@
 IntroVAE).
 
 Each trains an encoder E with a generator and a critic (IntroVAE: E itself) on face crops, then
-reports KID/FD of samples, the reconstruction error ``|x - G(E(x))|``, sample and reconstruction grids and curves.
+reports KID/FD of samples, the reconstruction error ``|x - G(E(x))|``, sample and reconstruction
+grids and curves.
 """
 
 from __future__ import annotations
