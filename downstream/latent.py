@@ -1,6 +1,6 @@
 """What the face autoencoding models (``downstream bigan``, ``vaegan``, ``introvae``) share:
-the face encoder E (an exported encoder, fine-tuned, plus a linear head to the latent), resume checks,
-the reconstruction grid and the common run skeleton.
+the face encoder E (an exported encoder, fine-tuned, plus a linear head to the latent), resume
+checks, the reconstruction grid and the common run skeleton.
 
 Images are ``[B,3,S,S]`` in [-1, 1]; latents ``[B,L]``. KL and the reparameterisation trick live
 in :mod:`downstream.sequence` (one home) and are re-exported here for the VAE models.
