@@ -308,6 +308,8 @@ def _downstream(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (default runs/<task>-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="bigan, vaegan, introvae: continue RUN/checkpoints/last.ckpt")
+    p.add_argument("--config", help="YAML config (default: configs/<task>.yaml), e.g. "
+                   "configs/cloze_autoencoder.yaml")
     p.set_defaults(func=cmd_downstream, accepts_overrides=True)
 
 
@@ -320,7 +322,8 @@ def cmd_downstream(args: argparse.Namespace) -> int:
     extra = [f"generator={args.generator}"] if args.generator else []
     extra += [f"mask.kind={args.mask}"] if args.mask else []
     run_downstream(args.task, encoder=args.encoder, data=args.data, out=out,
-                   overrides=extra + list(args.overrides), resume=args.resume)
+                   overrides=extra + list(args.overrides), resume=args.resume,
+                   config_file=args.config)
     print((Path(out) / "report.md").read_text())
     print(f"report: {Path(out) / 'report.md'} (report.json, plots/)")
     return 0

@@ -95,6 +95,15 @@ class ClozeModel:
     gen_channels: int = 32  # DCGAN width (64 in the paper; 32 keeps CPU runs short)
     disc_channels: int = 32
     diffaugment: str = "color,translation,cutout"  # on every D input; none: off
+    decoder: str = "dcgan"  # dcgan | stylegan (the sequence latent mapped into a StyleGAN's W)
+    face_latent: str = "none"  # none | bigan | vae: predict a face model's latent of the true
+    #                            face (model.face_model) and decode it with that model's G
+    face_model: Optional[str] = None  # run folder: `downstream bigan` (face_latent=bigan),
+    #                                   `vaegan`/`introvae` (vae) or `stylegan` (decoder=stylegan)
+    finetune_face_generator: bool = False  # a face_model's generator trains too (else frozen)
+    style_w_dim: int = 64  # decoder=stylegan without face_model: W size
+    style_mapping_layers: int = 2  # decoder=stylegan without face_model: mapping depth
+    style_channels: int = 32  # decoder=stylegan without face_model: synthesis width
 
 
 @dataclass
@@ -109,6 +118,7 @@ class ClozeLoss:
     r1_weight: float = 0.0  # R1 penalty on real faces (gamma; 0: off)
     n_critic: Optional[int] = None  # critic updates per generator update; null: 5 for wgan-gp
     #                                 else 1 (each on fresh real and fake batches)
+    latent_weight: float = 1.0  # model.face_latent: MSE of the predicted to the face model's latent
 
 
 @dataclass
@@ -133,7 +143,33 @@ class ClozeConfig:
                             f"{self.data.test_fraction}")
         for key in ("embed_dim", "hidden_dim", "latent_dim"):
             check_positive(getattr(self.model, key), f"model.{key}")
+        check_cloze_decoder(self.model)
+        if self.loss.latent_weight < 0:
+            raise UserError(f"config key 'loss.latent_weight' must be >= 0, got "
+                            f"{self.loss.latent_weight}")
         resolve_gan_training(self)
+
+
+DECODERS = ("dcgan", "stylegan")
+FACE_LATENTS = ("none", "bigan", "vae")
+
+
+def check_cloze_decoder(m: ClozeModel) -> None:
+    """``model.decoder`` / ``model.face_latent`` / ``model.face_model`` go together: a face
+    latent needs a face-model run and the DCGAN decoder; a face model needs one of the two."""
+    check_choice(m.decoder, DECODERS, "model.decoder")
+    check_choice(m.face_latent, FACE_LATENTS, "model.face_latent")
+    if m.face_latent != "none" and not m.face_model:
+        raise UserError(f"model.face_latent={m.face_latent} needs model.face_model=RUN (a "
+                        f"`downstream {'bigan' if m.face_latent == 'bigan' else 'vaegan'}` run)")
+    if m.face_latent != "none" and m.decoder != "dcgan":
+        raise UserError(f"model.face_latent={m.face_latent} decodes with the face model's DCGAN "
+                        "generator: it cannot go with model.decoder=stylegan")
+    if m.face_model and m.face_latent == "none" and m.decoder == "dcgan":
+        raise UserError("model.face_model is used with model.face_latent=bigan|vae or "
+                        "model.decoder=stylegan; set one of them, or model.face_model=null")
+    for key in ("style_w_dim", "style_mapping_layers", "style_channels"):
+        check_positive(getattr(m, key), f"model.{key}")
 
 
 # ---- siamese ----------------------------------------------------------------------------------
