@@ -1,5 +1,6 @@
-"""A trained face model as a part of the cloze model: ``downstream cloze model.face_latent=bigan|vae``
-(the roadmap's "separate encoding of the face") and ``model.decoder=stylegan``.
+"""A trained face model as a part of the cloze model: ``downstream cloze
+model.face_latent=bigan|vae`` (the roadmap's "separate encoding of the face") and
+``model.decoder=stylegan``.
 
 - :func:`load_face_model` reads a face-model run folder (``model.face_model``): a ``downstream
   bigan`` run for ``face_latent=bigan``, a ``vaegan`` or ``introvae`` run for ``face_latent=vae``,
