@@ -34,6 +34,8 @@ class TaskTrainerConfig:
 
     max_steps: int = 300  # optimiser steps of the task model (the same for every encoder)
     max_epochs: int = -1  # -1: bounded by max_steps only
+    max_minutes: Optional[float] = None  # wall-clock training budget (equal-minutes comparisons);
+    #                                      training stops at max_steps or here, whichever first
     accelerator: str = "auto"  # cpu | gpu | auto
     devices: Any = 1  # the evaluation after training runs in one process
     precision: str = "32-true"  # or bf16-mixed on a GPU
@@ -450,6 +452,9 @@ def _check_common(cfg: Any) -> None:
     if cfg.data.batch_size < 2:
         raise UserError(f"config key 'data.batch_size' must be >= 2, got {cfg.data.batch_size}")
     check_positive(cfg.trainer.max_steps, "trainer.max_steps")
+    minutes = getattr(cfg.trainer, "max_minutes", None)
+    if minutes is not None and not minutes > 0:
+        raise UserError(f"config key 'trainer.max_minutes' must be > 0 or null, got {minutes}")
     check_positive(cfg.optim.lr, "optim.lr")
     metrics = getattr(cfg, "metrics", None)
     for key in ("max_eval", "kid_subset_size", "kid_subsets", "pca_dim"):

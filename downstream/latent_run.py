@@ -57,7 +57,7 @@ def run_latent_model(cfg: Any, encoder_spec: str, run_dir: str, resume: bool,
                                 size_key="data.image_size", resize=d.resize_to_encoder,
                                 seed=cfg.seed)
     faces = face_dataset(cfg)
-    run = start_run(run_dir, cfg)
+    run = start_run(run_dir, cfg, resume=resume)
     model = build(cfg, encoder)
     n_critic = getattr(cfg.loss, "n_critic", None) or 1  # IntroVAE: E's step is the critic's
     per_step = d.batch_size * n_critic

@@ -3,6 +3,7 @@ end-to-end run with report, grids, curves and resume, and bad input refused with
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -120,3 +121,26 @@ def test_end_to_end_resume_and_bad_input(faces, tmp_path, capsys):
                  str(faces), "--out", str(tmp_path / "neg"), *FAST, "loss.alpha=-1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "loss.alpha" in err[0]
+
+
+def test_rerun_without_resume_starts_new_curves(faces, tmp_path):
+    out = tmp_path / "run"
+    argv = ["downstream", "introvae", "--encoder", "random:resnet10t", "--data", str(faces),
+            "--out", str(out), *FAST, "trainer.save_checkpoint=false"]
+
+    def logged() -> list[int]:
+        with (out / "metrics.csv").open() as f:
+            return [int(row["step"]) for row in csv.DictReader(f) if row.get("train/e_loss")]
+
+    assert main(argv) == 0 and logged() == [0, 1]
+    assert main(argv) == 0 and logged() == [0, 1]  # not [0, 1, 0, 1]
+    # a metrics.csv in a folder no run of this task wrote is refused, never deleted
+    from downstream.runs import start_run
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "metrics.csv").write_text("precious\n")
+    cfg = load_config(IntrovaeConfig, "introvae", None, FAST)
+    with pytest.raises(Exception, match="no downstream introvae run wrote"):
+        start_run(foreign, cfg)
+    assert (foreign / "metrics.csv").read_text() == "precious\n"
