@@ -16,7 +16,7 @@ its own size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from backbone_ssl.config import check_choice, check_positive
 from backbone_ssl.errors import UserError
@@ -146,9 +146,7 @@ class ClozeConfig:
         for key in ("embed_dim", "hidden_dim", "latent_dim"):
             check_positive(getattr(self.model, key), f"model.{key}")
         check_cloze_decoder(self.model)
-        if self.loss.latent_weight < 0:
-            raise UserError(f"config key 'loss.latent_weight' must be >= 0, got "
-                            f"{self.loss.latent_weight}")
+        check_non_negative(self.loss, "loss", ("latent_weight",))
         resolve_gan_training(self)
 
 
@@ -353,10 +351,7 @@ class VaeganConfig:
         _power_side(self.data.image_size, "data.image_size")
         for key in ("latent_dim", "gen_channels", "disc_channels"):
             check_positive(getattr(self.model, key), f"model.{key}")
-        for key in ("kl_weight", "rec_weight", "gamma", "adv_weight"):
-            if getattr(self.loss, key) < 0:
-                raise UserError(f"config key 'loss.{key}' must be >= 0, got "
-                                f"{getattr(self.loss, key)}")
+        check_non_negative(self.loss, "loss", ("kl_weight", "rec_weight", "gamma", "adv_weight"))
         resolve_gan_training(self)
 
 
@@ -394,10 +389,7 @@ class IntrovaeConfig:
         _power_side(self.data.image_size, "data.image_size")
         for key in ("latent_dim", "gen_channels"):
             check_positive(getattr(self.model, key), f"model.{key}")
-        for key in ("alpha", "beta", "margin", "vae_warmup_steps"):
-            if getattr(self.loss, key) < 0:
-                raise UserError(f"config key 'loss.{key}' must be >= 0, got "
-                                f"{getattr(self.loss, key)}")
+        check_non_negative(self.loss, "loss", ("alpha", "beta", "margin", "vae_warmup_steps"))
         if not (0.0 <= self.optim.beta1 < 1.0 and 0.0 <= self.optim.beta2 < 1.0):
             raise UserError("config keys 'optim.beta1/beta2' must be in [0, 1)")
 
@@ -439,6 +431,14 @@ def resolve_gan_training(cfg: Any) -> None:
         check_policy(cfg.model.diffaugment)
     except ValueError as e:
         raise UserError(f"config key 'model.diffaugment': {e}") from None
+
+
+def check_non_negative(section: Any, name: str, keys: Sequence[str]) -> None:
+    """Each ``section.<key>`` must be >= 0 (a UserError naming ``name.key`` otherwise)."""
+    for key in keys:
+        value = getattr(section, key)
+        if value < 0:
+            raise UserError(f"config key '{name}.{key}' must be >= 0, got {value}")
 
 
 def _power_side(size: int, key: str) -> None:
