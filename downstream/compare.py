@@ -219,7 +219,8 @@ def run_suite(suite: str, encoders: Sequence[str], *, data: str, out: str, minut
                 extra: list[str] = []
                 if row.face_model:
                     face_over = [*_size_keys(row.face_model, size, latent_dim), *budget,
-                                 f"seed={seed}", *_task_overrides(row.face_model, overrides)]
+                                 f"seed={seed}", *_task_overrides(row.face_model, overrides),
+                                 "trainer.save_checkpoint=true"]  # the cloze run loads it
                     log.info("suite %s: face model %s -> %s", suite, row.face_model,
                              folder / "face_model")
                     run_downstream(row.face_model, encoder=spec, data=data,
