@@ -299,15 +299,17 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 @registrar
 def _downstream(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("downstream", help="plug an encoder into a downstream model")
-    p.add_argument("task", choices=["cloze", "siamese", "gan", "bigan", "vaegan", "stylegan",
-                                    "invert"])
+    p.add_argument("task", choices=["cloze", "siamese", "gan", "bigan", "vaegan", "introvae",
+                                    "stylegan", "invert"])
     p.add_argument("--generator", help="invert: a `downstream stylegan` run folder")
     p.add_argument("--mask", choices=["none", "box"], help="invert: masked inversion")
     p.add_argument("--encoder", required=True, help="encoder folder, checkpoint or random:<arch>")
     p.add_argument("--data", required=True)
     p.add_argument("--out", help="run directory (default runs/<task>-<time>)")
     p.add_argument("--resume", action="store_true",
-                   help="bigan, vaegan: continue RUN/checkpoints/last.ckpt")
+                   help="bigan, vaegan, introvae: continue RUN/checkpoints/last.ckpt")
+    p.add_argument("--config", help="YAML config (default: configs/<task>.yaml), e.g. "
+                   "configs/cloze_autoencoder.yaml")
     p.set_defaults(func=cmd_downstream, accepts_overrides=True)
 
 
@@ -320,7 +322,8 @@ def cmd_downstream(args: argparse.Namespace) -> int:
     extra = [f"generator={args.generator}"] if args.generator else []
     extra += [f"mask.kind={args.mask}"] if args.mask else []
     run_downstream(args.task, encoder=args.encoder, data=args.data, out=out,
-                   overrides=extra + list(args.overrides), resume=args.resume)
+                   overrides=extra + list(args.overrides), resume=args.resume,
+                   config_file=args.config)
     print((Path(out) / "report.md").read_text())
     print(f"report: {Path(out) / 'report.md'} (report.json, plots/)")
     return 0

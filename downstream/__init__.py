@@ -1,11 +1,14 @@
 """downstream: models that consume exported encoders (face cloze, Siamese identity, GAN, BiGAN,
-VAE-GAN)."""
+VAE-GAN, IntroVAE, StyleGAN, in-domain inversion)."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["run_downstream"]
+__all__ = ["RESUMABLE", "run_downstream"]
+
+#: tasks with ``--resume`` (stylegan resumes with ``trainer.resume=true``)
+RESUMABLE = ("bigan", "vaegan", "introvae")
 
 
 def run_downstream(task: str, *, encoder: str, data: str, out: str,
@@ -16,7 +19,8 @@ def run_downstream(task: str, *, encoder: str, data: str, out: str,
     Loads ``configs/<task>.yaml`` (or ``config_file``) with the overrides, trains the task model
     on ``data`` with the encoder ``ENC`` (an exported folder, a .ckpt or ``random:<arch>``) and
     writes ``RUN/report.json``, ``RUN/report.md`` and ``RUN/plots/``; returns the report.
-    ``resume`` (bigan, vaegan): continue ``RUN/checkpoints/last.ckpt`` up to ``trainer.max_steps``.
+    ``resume`` (bigan, vaegan, introvae): continue ``RUN/checkpoints/last.ckpt`` up to
+    ``trainer.max_steps``.
     """
     from backbone_ssl.config import load_config
     from backbone_ssl.errors import UserError
@@ -29,8 +33,8 @@ def run_downstream(task: str, *, encoder: str, data: str, out: str,
         raise UserError(f"config is for task '{cfg.task}', not '{task}'")
     if not cfg.data.path:
         raise UserError(f"downstream {task} needs --data PATH")
-    if resume and task not in ("bigan", "vaegan"):
-        raise UserError(f"--resume is supported by downstream bigan and vaegan, not {task}")
+    if resume and task not in RESUMABLE:
+        raise UserError(f"--resume is supported by downstream {', '.join(RESUMABLE)}, not {task}")
     if task == "bigan":
         from downstream.bigan import run_bigan
 
@@ -39,6 +43,10 @@ def run_downstream(task: str, *, encoder: str, data: str, out: str,
         from downstream.vaegan import run_vaegan
 
         return run_vaegan(cfg, encoder, out, resume=resume)
+    if task == "introvae":
+        from downstream.introvae import run_introvae
+
+        return run_introvae(cfg, encoder, out, resume=resume)
     if task == "cloze":
         from downstream.cloze import run_cloze as run
     elif task == "siamese":

@@ -13,6 +13,20 @@ Training (:mod:`backbone_ssl.nn.training`): ``loss.n_critic`` critic steps per g
 each on its own fresh chunk of sequences and freshly generated faces; critics frozen during the
 generator step; DiffAugment (``model.diffaugment``) on every critic input.
 
+Decoders (``model.decoder``, ``model.face_latent``; :mod:`downstream.face_model`):
+
+- ``dcgan`` (default): a fresh DCGAN generator;
+- ``stylegan``: a StyleGAN2-style generator whose mapping network takes the sequence latent into
+  W (fresh, or the EMA G of a ``downstream stylegan`` run named by ``model.face_model``);
+- ``face_latent=bigan|vae`` (the roadmap's separate encoding of the face): the masked face has
+  its own latent, the frozen encoder of a face-model run (``model.face_model``: ``downstream
+  bigan``, or ``vaegan`` / ``introvae``) applied to the true face; the sequence encoder predicts
+  it (``loss.latent_weight`` x MSE of ``mu`` to it, plus the losses above) and that run's
+  generator decodes it (frozen unless ``model.finetune_face_generator``).
+
+The plain autoencoder variant is ``configs/cloze_autoencoder.yaml``: ``model.vae=false`` and the
+adversarial weights 0 (L1 only).
+
 Data: a ``golden prepare`` output; train and test are split by book (held-out books). Metrics on
 the test books, with ``z = mu``: PSNR (dB, each image capped at 100), SSIM, L1 on the face, and
 KID and FD in a fixed reference encoder's features (not Inception KID/FID).
@@ -35,6 +49,7 @@ from backbone_ssl.nn.gan_losses import generator_loss
 from backbone_ssl.nn.training import critic_loss, generator_step, train_critic
 from downstream.config import ClozeConfig
 from downstream.encoder import EncoderInput, encoder_info, load_task_encoder, reference_features
+from downstream.face_model import FaceModel, Frozen, StyleDecoder, load_face_model
 from downstream.gan import DCGANGenerator
 from downstream.metrics import generator_metrics, image_quality
 from downstream.runs import (
@@ -50,6 +65,7 @@ from downstream.runs import (
     write_report,
 )
 from downstream.sequence import PanelSequenceEncoder, kl_divergence, reparameterise
+from downstream.stylegan import StyleGenerator
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +86,34 @@ def paste_faces(panels: torch.Tensor, faces: torch.Tensor, boxes: torch.Tensor) 
     return torch.stack(out)
 
 
-class FaceCloze(pl.LightningModule):
-    """Sequence encoder + generator + local/global discriminators (manual optimisation)."""
+def critic_steps(cfg: ClozeConfig) -> int:
+    """Critic updates per generator update: ``loss.n_critic``, or 0 when both adversarial
+    weights are 0 (the autoencoder preset), so no time goes to critics nothing uses."""
+    lc = cfg.loss
+    return lc.n_critic if (lc.local_weight > 0 or lc.global_weight > 0) else 0
 
-    def __init__(self, cfg: ClozeConfig, embedder: EncoderInput, n_panels: int) -> None:
+
+def build_decoder(cfg: ClozeConfig, face: FaceModel | None) -> torch.nn.Module:
+    """The face decoder ``z [B,L] -> [B,3,F,F]``: a face model's generator (frozen unless
+    ``model.finetune_face_generator``), a fresh StyleGAN2-style generator whose mapping network
+    takes ``z`` into W (``model.decoder=stylegan``), or a fresh DCGAN generator."""
+    m, d = cfg.model, cfg.data
+    if face is not None:
+        return face.generator if m.finetune_face_generator else Frozen(face.generator)
+    if m.decoder == "stylegan":
+        # mapping lr multiplier 1: the cloze lr is StyleGAN's / 10, and z is a learned code
+        return StyleDecoder(StyleGenerator(d.face_size, m.latent_dim, m.style_w_dim,
+                                           m.style_mapping_layers, m.style_channels,
+                                           mapping_lr_mul=1.0))
+    return DCGANGenerator(m.latent_dim, d.face_size, m.gen_channels)
+
+
+class FaceCloze(pl.LightningModule):
+    """Sequence encoder + generator + local/global discriminators (manual optimisation); with a
+    face model (``model.face_latent``), also its frozen encoder giving the target latent."""
+
+    def __init__(self, cfg: ClozeConfig, embedder: EncoderInput, n_panels: int,
+                 face: FaceModel | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.automatic_optimization = False
@@ -81,7 +121,9 @@ class FaceCloze(pl.LightningModule):
         self.seq_encoder = PanelSequenceEncoder(
             embedder, embedder.num_features, n_panels, m.sequence, m.embed_dim, m.hidden_dim,
             m.latent_dim, m.vae)
-        self.generator = DCGANGenerator(m.latent_dim, d.face_size, m.gen_channels)
+        self.generator = build_decoder(cfg, face)
+        self.face_target = (Frozen(face.target) if face is not None and face.target is not None
+                            else None)
         # DiffAugment on every discriminator input (real, fake and penalty interpolates)
         self.local_d = AugmentedCritic(ConvDiscriminator(d.face_size, width=m.disc_channels),
                                        m.diffaugment)
@@ -95,10 +137,16 @@ class FaceCloze(pl.LightningModule):
         z = reparameterise(mu, logvar) if sample else mu
         return self.generator(z), mu, logvar
 
+    @torch.no_grad()
+    def target_latent(self, face: torch.Tensor) -> torch.Tensor | None:
+        """The face model's latent of the true faces ``[B,3,F,F]`` -> ``[B,L]`` (None without
+        ``model.face_latent``)."""
+        return None if self.face_target is None else self.face_target(face)
+
     def kl_weight(self) -> float:
         """Linear KL annealing: 0 -> ``loss.kl_weight`` over ``loss.kl_anneal_steps``."""
         ramp = max(1, self.cfg.loss.kl_anneal_steps)
-        batches = self.global_step // (self.cfg.loss.n_critic + 1)  # global_step: optimiser steps
+        batches = self.global_step // (critic_steps(self.cfg) + 1)  # global_step: optimiser steps
         return self.cfg.loss.kl_weight * min(1.0, batches / ramp)
 
     def training_step(self, batch, batch_idx: int) -> None:
@@ -106,8 +154,9 @@ class FaceCloze(pl.LightningModule):
         with freshly generated faces), the last chunk also for the generator step."""
         lc = self.cfg.loss
         opt_g, opt_d = self.optimizers()
-        chunks = [{k: v[i::lc.n_critic] for k, v in batch.items()
-                   if isinstance(v, torch.Tensor)} for i in range(lc.n_critic)]
+        n_chunks = max(1, critic_steps(self.cfg))
+        chunks = [{k: v[i::n_chunks] for k, v in batch.items()
+                   if isinstance(v, torch.Tensor)} for i in range(n_chunks)]
         chunks = [c for c in chunks if len(c["face"])]
 
         def draw(i: int):
@@ -124,8 +173,10 @@ class FaceCloze(pl.LightningModule):
                     + lc.global_weight * critic_loss(lc.gan, self.global_d, real[1], fake[1],
                                                      lc.gp_weight, lc.r1_weight))
 
-        d_loss = train_critic(opt_d, len(chunks), draw, d_loss_fn,
-                              self.manual_backward)
+        if critic_steps(self.cfg):
+            d_loss = train_critic(opt_d, len(chunks), draw, d_loss_fn, self.manual_backward)
+        else:  # no adversarial weight (the autoencoder preset): the critics do not train
+            d_loss = torch.zeros((), device=self.device)
         c = chunks[-1]
         terms: dict[str, torch.Tensor] = {}
         kl_w = self.kl_weight()
@@ -138,14 +189,19 @@ class FaceCloze(pl.LightningModule):
             terms["l1"] = (fake - c["face"]).abs().mean()
             terms["kl"] = (kl_divergence(mu, logvar) if logvar is not None
                            else fake.new_zeros(()))
+            target = self.target_latent(c["face"])
+            terms["latent"] = ((mu - target).pow(2).mean() if target is not None
+                               else fake.new_zeros(()))
             return (lc.local_weight * terms["adv_local"] + lc.global_weight * terms["adv_global"]
-                    + lc.l1_weight * terms["l1"] + kl_w * terms["kl"])
+                    + lc.l1_weight * terms["l1"] + kl_w * terms["kl"]
+                    + lc.latent_weight * terms["latent"])
 
         g_loss = generator_step(opt_g, g_loss_fn, [opt_d], self.manual_backward)
         self.log_dict({"train/d_loss": d_loss, "train/g_loss": g_loss,
                        "train/g_adv_local": terms["adv_local"].detach(),
                        "train/g_adv_global": terms["adv_global"].detach(),
                        "train/l1": terms["l1"].detach(), "train/kl": terms["kl"].detach(),
+                       "train/latent": terms["latent"].detach(),
                        "train/kl_weight": kl_w}, prog_bar=False)
         self.log("train/l1_bar", terms["l1"].detach(), prog_bar=True, logger=False)
 
@@ -155,7 +211,7 @@ class FaceCloze(pl.LightningModule):
         embedder = self.seq_encoder.embedder
         enc_ids = {id(p) for p in embedder.parameters()}
         g_params = [p for p in (*self.seq_encoder.parameters(), *self.generator.parameters())
-                    if id(p) not in enc_ids]
+                    if id(p) not in enc_ids and p.requires_grad]
         groups = [{"params": g_params, "lr": o.lr}]
         if self.cfg.model.finetune_encoder:
             groups.append({"params": list(embedder.parameters()), "lr": o.encoder_lr})
@@ -187,9 +243,12 @@ def evaluate(model: FaceCloze, test: PanelSequences, cfg: ClozeConfig, device: t
     loader = DataLoader(Subset(test, range(n)), batch_size=cfg.data.batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers)
     model.eval().to(device)
-    fakes, reals, panels = [], [], []
+    fakes, reals, panels, latent_se = [], [], [], []
     for batch in eval_progress(loader, f"{n} held-out cloze sequences"):
-        fake, _, _ = model.generate(batch["panels"].to(device), sample=False)
+        fake, mu, _ = model.generate(batch["panels"].to(device), sample=False)
+        target = model.target_latent(batch["face"].to(device))
+        if target is not None:
+            latent_se.append((mu - target).pow(2).mean(1).cpu())
         fakes.append(fake.cpu())
         reals.append(batch["face"])
         if sum(len(p) for p in panels) < cfg.metrics.grid_rows:
@@ -202,6 +261,8 @@ def evaluate(model: FaceCloze, test: PanelSequences, cfg: ClozeConfig, device: t
     mc = cfg.metrics
     metrics.update(generator_metrics(ref, fake, real, mc.pca_dim, mc.kid_subset_size,
                                      mc.kid_subsets))
+    if latent_se:  # how close the predicted latent is to the face model's latent of the truth
+        metrics["latent_mse"] = float(torch.cat(latent_se).mean())
     metrics["eval_sequences"] = n
     return metrics, (torch.cat(panels), fake, real)
 
@@ -238,18 +299,24 @@ def run_cloze(cfg: ClozeConfig, encoder_spec: str, run_dir: str) -> dict:
     train_set = train if d.max_sequences is None else Subset(train, range(min(len(train),
                                                                               d.max_sequences)))
     n_panels = int(train[0]["panels"].shape[0])
+    face = None
+    if m.face_latent != "none" or m.face_model:
+        kind = m.face_latent if m.face_latent != "none" else "stylegan"
+        face = load_face_model(m.face_model, kind, m.latent_dim, d.face_size)
     run = start_run(run_dir, cfg)
     embedder = EncoderInput(encoder, finetune=m.finetune_encoder, resize=d.resize_to_encoder)
-    model = FaceCloze(cfg, embedder, n_panels)
-    per_step = d.batch_size * cfg.loss.n_critic  # fresh sequences for every critic step
+    model = FaceCloze(cfg, embedder, n_panels, face)
+    per_step = d.batch_size * max(1, critic_steps(cfg))  # fresh sequences per critic step
     loader = DataLoader(train_set, batch_size=min(per_step, len(train_set)), shuffle=True,
                         drop_last=len(train_set) > per_step, num_workers=d.num_workers)
-    budget = fit(make_trainer(cfg, run, cfg.loss.n_critic + 1), model, loader, cfg, run)
+    budget = fit(make_trainer(cfg, run, critic_steps(cfg) + 1), model, loader, cfg, run)
     metrics, (panels, fake, real) = evaluate(model, test, cfg, eval_device(cfg))
     plots = plot_training(run, {"loss": ("train/d_loss", "train/g_loss"),
                                 "generator_terms": ("train/g_adv_local", "train/g_adv_global",
                                                     "train/l1"),
-                                "kl": ("train/kl", "train/kl_weight")})
+                                "kl": ("train/kl", "train/kl_weight"),
+                                **({"latent": ("train/latent",)} if face is not None
+                                   and face.target is not None else {})})
     sample_grid(panels, fake, real, cfg.metrics.grid_rows, run / "plots" / "samples.png")
     plots.append("samples.png")
     train_books, test_books = sorted(set(train.books())), sorted(set(test.books()))
@@ -262,7 +329,9 @@ def run_cloze(cfg: ClozeConfig, encoder_spec: str, run_dir: str) -> dict:
                  "panel_size": d.panel_size, "face_size": d.face_size,
                  "skipped_missing": int(train.skipped.get("missing", 0)
                                         + test.skipped.get("missing", 0))},
-        "model": {"sequence": m.sequence, "vae": m.vae, "loss": cfg.loss.gan},
+        "model": {"sequence": m.sequence, "vae": m.vae, "loss": cfg.loss.gan,
+                  "decoder": m.decoder, "face_latent": m.face_latent,
+                  **({"face_model": face.info()} if face is not None else {})},
         "budget": {**budget, "batch_size": d.batch_size},
         "metrics": metrics,
         "reference": reference_info(cfg.metrics),
@@ -270,4 +339,9 @@ def run_cloze(cfg: ClozeConfig, encoder_spec: str, run_dir: str) -> dict:
     }
     notes = [("Metrics on the held-out books' sequences, generated with z = mu. PSNR in dB on "
               "[0, 1] images, each image capped at 100 dB; L1 in [-1, 1] units."), FD_ENC_NOTE]
-    return write_report(run, report, "Face cloze (CNN-LSTM + DCGAN)", notes)
+    if face is not None and face.target is not None:
+        notes.append(f"Separate face encoding: the sequence encoder predicts the {face.task} "
+                     "face model's latent of the true face (latent_mse on the held-out books) "
+                     "and that model's generator decodes it.")
+    decoder = "StyleGAN2" if m.decoder == "stylegan" else "DCGAN"
+    return write_report(run, report, f"Face cloze (CNN-LSTM + {decoder})", notes)

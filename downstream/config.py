@@ -1,4 +1,4 @@
-"""Task configs for ``backbone-ssl downstream {cloze,siamese,gan,bigan,vaegan}``: dataclass
+"""Task configs for ``backbone-ssl downstream {cloze,siamese,gan,bigan,vaegan,introvae}``: dataclass
 defaults <- ``configs/<task>.yaml`` <- ``key=value`` overrides (via
 :func:`backbone_ssl.config.load_config`).
 
@@ -16,13 +16,13 @@ its own size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from backbone_ssl.config import check_choice, check_positive
 from backbone_ssl.errors import UserError
 from backbone_ssl.nn.gan_losses import GAN_LOSSES
 
-TASKS = ("cloze", "siamese", "gan", "bigan", "vaegan", "stylegan", "invert")
+TASKS = ("cloze", "siamese", "gan", "bigan", "vaegan", "introvae", "stylegan", "invert")
 SEQUENCE_MODES = ("concat", "lstm", "bilstm")
 GAN_LOSS_NAMES = GAN_LOSSES  # nonsaturating | hinge | wgan-gp (backbone_ssl.nn.gan_losses)
 SPLITS = ("identity", "image")
@@ -34,6 +34,8 @@ class TaskTrainerConfig:
 
     max_steps: int = 300  # optimiser steps of the task model (the same for every encoder)
     max_epochs: int = -1  # -1: bounded by max_steps only
+    max_minutes: Optional[float] = None  # wall-clock training budget (equal-minutes comparisons);
+    #                                      training stops at max_steps or here, whichever first
     accelerator: str = "auto"  # cpu | gpu | auto
     devices: Any = 1  # the evaluation after training runs in one process
     precision: str = "32-true"  # or bf16-mixed on a GPU
@@ -95,6 +97,15 @@ class ClozeModel:
     gen_channels: int = 32  # DCGAN width (64 in the paper; 32 keeps CPU runs short)
     disc_channels: int = 32
     diffaugment: str = "color,translation,cutout"  # on every D input; none: off
+    decoder: str = "dcgan"  # dcgan | stylegan (the sequence latent mapped into a StyleGAN's W)
+    face_latent: str = "none"  # none | bigan | vae: predict a face model's latent of the true
+    #                            face (model.face_model) and decode it with that model's G
+    face_model: Optional[str] = None  # run folder: `downstream bigan` (face_latent=bigan),
+    #                                   `vaegan`/`introvae` (vae) or `stylegan` (decoder=stylegan)
+    finetune_face_generator: bool = False  # a face_model's generator trains too (else frozen)
+    style_w_dim: int = 64  # decoder=stylegan without face_model: W size
+    style_mapping_layers: int = 2  # decoder=stylegan without face_model: mapping depth
+    style_channels: int = 32  # decoder=stylegan without face_model: synthesis width
 
 
 @dataclass
@@ -109,6 +120,7 @@ class ClozeLoss:
     r1_weight: float = 0.0  # R1 penalty on real faces (gamma; 0: off)
     n_critic: Optional[int] = None  # critic updates per generator update; null: 5 for wgan-gp
     #                                 else 1 (each on fresh real and fake batches)
+    latent_weight: float = 1.0  # model.face_latent: MSE of the predicted to the face model's latent
 
 
 @dataclass
@@ -133,7 +145,31 @@ class ClozeConfig:
                             f"{self.data.test_fraction}")
         for key in ("embed_dim", "hidden_dim", "latent_dim"):
             check_positive(getattr(self.model, key), f"model.{key}")
+        check_cloze_decoder(self.model)
+        check_non_negative(self.loss, "loss", ("latent_weight",))
         resolve_gan_training(self)
+
+
+DECODERS = ("dcgan", "stylegan")
+FACE_LATENTS = ("none", "bigan", "vae")
+
+
+def check_cloze_decoder(m: ClozeModel) -> None:
+    """``model.decoder`` / ``model.face_latent`` / ``model.face_model`` go together: a face
+    latent needs a face-model run and the DCGAN decoder; a face model needs one of the two."""
+    check_choice(m.decoder, DECODERS, "model.decoder")
+    check_choice(m.face_latent, FACE_LATENTS, "model.face_latent")
+    if m.face_latent != "none" and not m.face_model:
+        raise UserError(f"model.face_latent={m.face_latent} needs model.face_model=RUN (a "
+                        f"`downstream {'bigan' if m.face_latent == 'bigan' else 'vaegan'}` run)")
+    if m.face_latent != "none" and m.decoder != "dcgan":
+        raise UserError(f"model.face_latent={m.face_latent} decodes with the face model's DCGAN "
+                        "generator: it cannot go with model.decoder=stylegan")
+    if m.face_model and m.face_latent == "none" and m.decoder == "dcgan":
+        raise UserError("model.face_model is used with model.face_latent=bigan|vae or "
+                        "model.decoder=stylegan; set one of them, or model.face_model=null")
+    for key in ("style_w_dim", "style_mapping_layers", "style_channels"):
+        check_positive(getattr(m, key), f"model.{key}")
 
 
 # ---- siamese ----------------------------------------------------------------------------------
@@ -315,15 +351,52 @@ class VaeganConfig:
         _power_side(self.data.image_size, "data.image_size")
         for key in ("latent_dim", "gen_channels", "disc_channels"):
             check_positive(getattr(self.model, key), f"model.{key}")
-        for key in ("kl_weight", "rec_weight", "gamma", "adv_weight"):
-            if getattr(self.loss, key) < 0:
-                raise UserError(f"config key 'loss.{key}' must be >= 0, got "
-                                f"{getattr(self.loss, key)}")
+        check_non_negative(self.loss, "loss", ("kl_weight", "rec_weight", "gamma", "adv_weight"))
         resolve_gan_training(self)
 
 
+# ---- introvae ---------------------------------------------------------------------------------
+@dataclass
+class IntrovaeModel:
+    latent_dim: int = 100
+    gen_channels: int = 32  # DCGAN decoder (generator) width
+    finetune_encoder: bool = True  # E's backbone trains (at optim.encoder_lr); false: head only
+
+
+@dataclass
+class IntrovaeLoss:
+    alpha: float = 0.25  # weight of the adversarial KL terms (paper's alpha)
+    beta: float = 0.5  # weight of the reconstruction loss L_AE (paper's beta)
+    margin: float = 100.0  # m: E pushes the KL of generated faces up to this (per sample, summed
+    #                        over latent dims); scale it with model.latent_dim
+    vae_warmup_steps: int = 0  # batches trained as a plain VAE before the introspective terms
+
+
+@dataclass
+class IntrovaeConfig:
+    task: str = "introvae"
+    seed: int = 0
+    data: GanData = field(default_factory=GanData)
+    model: IntrovaeModel = field(default_factory=IntrovaeModel)
+    loss: IntrovaeLoss = field(default_factory=IntrovaeLoss)
+    optim: TaskOptimConfig = field(default_factory=lambda: TaskOptimConfig(beta1=0.9,
+                                                                           beta2=0.999))
+    trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def validate(self) -> None:
+        _check_common(self)
+        _power_side(self.data.image_size, "data.image_size")
+        for key in ("latent_dim", "gen_channels"):
+            check_positive(getattr(self.model, key), f"model.{key}")
+        check_non_negative(self.loss, "loss", ("alpha", "beta", "margin", "vae_warmup_steps"))
+        if not (0.0 <= self.optim.beta1 < 1.0 and 0.0 <= self.optim.beta2 < 1.0):
+            raise UserError("config keys 'optim.beta1/beta2' must be in [0, 1)")
+
+
 CONFIGS: dict[str, type] = {"cloze": ClozeConfig, "siamese": SiameseConfig, "gan": GanConfig,
-                            "bigan": BiganConfig, "vaegan": VaeganConfig}
+                            "bigan": BiganConfig, "vaegan": VaeganConfig,
+                            "introvae": IntrovaeConfig}
 
 
 #: (beta1, beta2, n_critic) by loss: DCGAN's Adam(0.5, 0.999) and one critic step; WGAN-GP's
@@ -360,6 +433,14 @@ def resolve_gan_training(cfg: Any) -> None:
         raise UserError(f"config key 'model.diffaugment': {e}") from None
 
 
+def check_non_negative(section: Any, name: str, keys: Sequence[str]) -> None:
+    """Each ``section.<key>`` must be >= 0 (a UserError naming ``name.key`` otherwise)."""
+    for key in keys:
+        value = getattr(section, key)
+        if value < 0:
+            raise UserError(f"config key '{name}.{key}' must be >= 0, got {value}")
+
+
 def _power_side(size: int, key: str) -> None:
     side = size // 4
     if size < 8 or size % 4 or side & (side - 1):
@@ -371,6 +452,9 @@ def _check_common(cfg: Any) -> None:
     if cfg.data.batch_size < 2:
         raise UserError(f"config key 'data.batch_size' must be >= 2, got {cfg.data.batch_size}")
     check_positive(cfg.trainer.max_steps, "trainer.max_steps")
+    minutes = getattr(cfg.trainer, "max_minutes", None)
+    if minutes is not None and not minutes > 0:
+        raise UserError(f"config key 'trainer.max_minutes' must be > 0 or null, got {minutes}")
     check_positive(cfg.optim.lr, "optim.lr")
     metrics = getattr(cfg, "metrics", None)
     for key in ("max_eval", "kid_subset_size", "kid_subsets", "pca_dim"):

@@ -104,7 +104,9 @@ def encoder_info(spec: str, encoder: Encoder, *, frozen: bool) -> dict:
     meta = {k: v for k, v in encoder.meta.items() if isinstance(v, (str, int, float, bool))
             and k in ("method", "data", "steps", "toolkit_version", "sha256")}
     return {"spec": spec, "arch": encoder.arch, "input_size": encoder.input_size,
-            "num_features": encoder.num_features, "frozen": frozen, **meta}
+            "num_features": encoder.num_features, "frozen": frozen,
+            "mean": [float(v) for v in encoder.mean], "std": [float(v) for v in encoder.std],
+            **meta}
 
 
 def reference_features(spec: str, seed: int, image_size: int) -> EncoderInput:

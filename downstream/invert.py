@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from safetensors.torch import save_file
 
 from backbone_ssl.errors import UserError
 from backbone_ssl.export import read_checkpoint
@@ -133,13 +134,24 @@ def _quality(feats, rec, x, hole=None) -> dict[str, float]:
     return {k: q[k] for k in ("psnr", "ssim", "perceptual")}
 
 
+def seed_run(cfg) -> None:
+    """Seed every RNG a run touches (torch, numpy, python) and, with
+    ``trainer.deterministic=true``, ask torch for deterministic algorithms; identical runs then
+    train identical E weights (on the same machine and thread count)."""
+    import pytorch_lightning as pl
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def run_invert(cfg, encoder_spec: str, run_dir: str) -> dict:
     """Train E with G frozen, invert held-out faces (E only, then optimised), write the report."""
     from downstream.facegan import face_dataset
 
     if not cfg.generator:
         raise UserError("downstream invert needs --generator RUN (a `downstream stylegan` run)")
-    torch.manual_seed(cfg.seed)
+    seed_run(cfg)
     g, d_net, gcfg = load_generator(cfg.generator)
     size = gcfg.data.image_size
     kw = {"task_size": size, "what": "generator images", "size_key": "the generator's "
@@ -180,6 +192,9 @@ def run_invert(cfg, encoder_spec: str, run_dir: str) -> dict:
     e_seconds = time.perf_counter() - start
     enc.eval()
     set_requires_grad(enc, False)
+    (run / "checkpoints").mkdir(exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()},
+              str(run / "checkpoints" / "latent_encoder.safetensors"))
 
     x = torch.stack([faces[i][0] for i in eval_idx])
     x_in = x
@@ -229,9 +244,10 @@ def run_invert(cfg, encoder_spec: str, run_dir: str) -> dict:
         "budget": {"steps": cfg.trainer.max_steps, "seconds": round(e_seconds + o_seconds, 2),
                    "e_seconds": round(e_seconds, 2), "optimise_steps": cfg.optimise.steps,
                    "optimise_seconds": round(o_seconds, 2), "batch_size": cfg.data.batch_size,
-                   "lambda": lo.domain_weight},
+                   "lambda": lo.domain_weight, "threads": torch.get_num_threads()},
         "metrics": metrics,
         "plots": ["reconstructions.png"],
+        "latent_encoder": "checkpoints/latent_encoder.safetensors",
     }
     notes = ["psnr/ssim/perceptual on held-out faces (never seen by E); perceptual = squared "
              "distance of L2-normalised features of the perceptual encoder."]

@@ -1,6 +1,6 @@
-"""What the face autoencoding GANs (``downstream bigan``, ``downstream vaegan``) share: the face
-encoder E (an exported encoder, fine-tuned, plus a linear head to the latent), resume checks,
-the reconstruction grid and the common run skeleton.
+"""What the face autoencoding models (``downstream bigan``, ``vaegan``, ``introvae``) share:
+the face encoder E (an exported encoder, fine-tuned, plus a linear head to the latent), resume
+checks, the reconstruction grid and the common run skeleton.
 
 Images are ``[B,3,S,S]`` in [-1, 1]; latents ``[B,L]``. KL and the reparameterisation trick live
 in :mod:`downstream.sequence` (one home) and are re-exported here for the VAE models.
@@ -20,10 +20,10 @@ from backbone_ssl.export import Encoder
 from backbone_ssl.runlog import truncate_metrics
 from downstream.encoder import EncoderInput
 from downstream.runs import save_image_grid
-from downstream.sequence import kl_divergence, reparameterise
+from downstream.sequence import kl_divergence, kl_per_sample, reparameterise
 
-__all__ = ["FaceEncoder", "check_resume", "kl_divergence", "reconstruction_grid",
-           "reparameterise"]
+__all__ = ["FaceEncoder", "check_resume", "kl_divergence", "kl_per_sample",
+           "reconstruction_grid", "reparameterise"]
 
 
 class FaceEncoder(nn.Module):
@@ -79,11 +79,13 @@ def check_resume(run_dir: str | Path, cfg: Any) -> Path:
         raise UserError(f"--resume: {run} is a run of task '{old.get('task')}', not "
                         f"'{cfg.task}'")
     for key in SHAPE_KEYS:
+        if not hasattr(cfg.model, key):  # e.g. IntroVAE has no discriminator
+            continue
         was, now = (old.get("model") or {}).get(key), getattr(cfg.model, key)
         if was != now:
             raise UserError(f"--resume: {run} was trained with model.{key}={was}, the config "
                             f"asks for {now}: the face model's sizes must match")
-    was, now = (old.get("loss") or {}).get("n_critic"), cfg.loss.n_critic
+    was, now = (old.get("loss") or {}).get("n_critic"), getattr(cfg.loss, "n_critic", None)
     if was != now:  # the step budget is counted in optimiser steps per batch (n_critic + 1)
         raise UserError(f"--resume: {run} was trained with loss.n_critic={was}, the config "
                         f"asks for {now} (loss.gan={cfg.loss.gan}): keep the run's loss")

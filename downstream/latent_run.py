@@ -1,7 +1,9 @@
-"""The training-and-report run shared by the face models with an encoder (BiGAN, VAE-GAN).
+"""The training-and-report run shared by the face models with an encoder (BiGAN, VAE-GAN,
+IntroVAE).
 
-Both train an encoder E with a generator and a critic on face crops, then report KID/FD of
-samples, the reconstruction error ``|x - G(E(x))|``, sample and reconstruction grids and curves.
+Each trains an encoder E with a generator and a critic (IntroVAE: E itself) on face crops, then
+reports KID/FD of samples, the reconstruction error ``|x - G(E(x))|``, sample and reconstruction
+grids and curves.
 """
 
 from __future__ import annotations
@@ -55,12 +57,13 @@ def run_latent_model(cfg: Any, encoder_spec: str, run_dir: str, resume: bool,
                                 size_key="data.image_size", resize=d.resize_to_encoder,
                                 seed=cfg.seed)
     faces = face_dataset(cfg)
-    run = start_run(run_dir, cfg)
+    run = start_run(run_dir, cfg, resume=resume)
     model = build(cfg, encoder)
-    per_step = d.batch_size * cfg.loss.n_critic
+    n_critic = getattr(cfg.loss, "n_critic", None) or 1  # IntroVAE: E's step is the critic's
+    per_step = d.batch_size * n_critic
     loader = DataLoader(faces, batch_size=min(per_step, len(faces)), shuffle=True,
                         drop_last=len(faces) > per_step, num_workers=d.num_workers)
-    budget = fit(make_trainer(cfg, run, cfg.loss.n_critic + 1), model, loader, cfg, run,
+    budget = fit(make_trainer(cfg, run, n_critic + 1), model, loader, cfg, run,
                  ckpt_path=ckpt, resumable=True)
     device = eval_device(cfg)
     metrics, fake, real = evaluate(model, faces, cfg, device)
@@ -78,10 +81,11 @@ def run_latent_model(cfg: Any, encoder_spec: str, run_dir: str, resume: bool,
     report = {
         "task": cfg.task,
         "encoder": encoder_info(encoder_spec, encoder, frozen=not m.finetune_encoder),
-        "diffaugment": m.diffaugment,
+        "diffaugment": getattr(m, "diffaugment", "none"),
         "resumed": resume,
         "data": {"root": str(faces.root), "images": len(faces), "image_size": d.image_size},
-        "budget": {**budget, "batch_size": d.batch_size, "loss": cfg.loss.gan},
+        "budget": {**budget, "batch_size": d.batch_size,
+                   "loss": getattr(cfg.loss, "gan", cfg.task)},
         "metrics": metrics,
         "reference": reference_info(cfg.metrics),
         "plots": plots,

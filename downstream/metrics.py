@@ -101,11 +101,13 @@ def fd_in_reduced_space(real: np.ndarray, fake: np.ndarray, pca_dim: int | None
 
 
 def kid(feature: torch.nn.Module, fake: torch.Tensor, real: torch.Tensor, subset_size: int = 50,
-        subsets: int = 100, batch_size: int = 128) -> dict[str, float]:
+        subsets: int = 100, batch_size: int = 128, seed: int = 0) -> dict[str, float]:
     """Kernel Inception Distance (Binkowski et al., 2018: unbiased MMD^2 with the cubic
     polynomial kernel, averaged over random subsets) via ``torchmetrics``, in the features of
     ``feature`` (``[B,3,H,W]`` in [-1, 1] -> ``[B,D]``; the reference encoder, not Inception).
-    ``subset_size`` is capped at the smaller sample count. Returns ``{"kid", "kid_std"}``."""
+    ``subset_size`` is capped at the smaller sample count; the subsets are drawn with their own
+    ``seed`` (torchmetrics draws from the global RNG, which would make identical runs differ).
+    Returns ``{"kid", "kid_std"}``."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
     size = int(min(subset_size, len(fake), len(real)))
@@ -119,7 +121,9 @@ def kid(feature: torch.nn.Module, fake: torch.Tensor, real: torch.Tensor, subset
             metric.update(real[i:i + batch_size].to(device), real=True)
         for i in range(0, len(fake), batch_size):
             metric.update(fake[i:i + batch_size].to(device), real=False)
-        mean, std = metric.compute()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            mean, std = metric.compute()
     return {"kid": float(mean), "kid_std": float(std), "kid_subset_size": size}
 
 
@@ -152,13 +156,13 @@ def fd_enc(feature_fn, fake: torch.Tensor, real: torch.Tensor, batch_size: int =
 
 
 def generator_metrics(feature: torch.nn.Module, fake: torch.Tensor, real: torch.Tensor,
-                      pca_dim: int | None, kid_subset_size: int, kid_subsets: int = 100
-                      ) -> dict[str, float]:
+                      pca_dim: int | None, kid_subset_size: int, kid_subsets: int = 100,
+                      seed: int = 0) -> dict[str, float]:
     """KID and FD (with ``fd_imag``, ``fd_dim``, ``fd_samples``) of ``fake`` vs ``real`` in the
-    reference encoder ``feature``."""
+    reference encoder ``feature``; KID's subsets drawn with ``seed``."""
     out = fd_in_reduced_space(encode_batches(feature, real), encode_batches(feature, fake),
                               pca_dim)
-    return {**kid(feature, fake, real, kid_subset_size, kid_subsets), **out}
+    return {**kid(feature, fake, real, kid_subset_size, kid_subsets, seed=seed), **out}
 
 
 # ---- verification ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import pytorch_lightning as pl
 import torch
+import yaml
 
 from backbone_ssl.config import resolve_precision, to_yaml
 from backbone_ssl.curves import plot_curves
@@ -40,9 +41,26 @@ def reference_info(metrics_cfg: Any) -> dict:
             "note": FD_ENC_NOTE}
 
 
-def start_run(run_dir: str | os.PathLike, cfg: Any) -> Path:
-    """Create the run folder and write the resolved ``config.yaml``."""
+def start_run(run_dir: str | os.PathLike, cfg: Any, resume: bool = False) -> Path:
+    """Create the run folder and write the resolved ``config.yaml``.
+
+    A fresh run (not ``resume``) into the folder of an earlier run of the same task starts a new
+    ``metrics.csv`` (the logger would append to the old one, mixing two runs' curves); a
+    ``metrics.csv`` that no run of this task wrote is refused, never deleted."""
+    from backbone_ssl.errors import UserError
+    from backbone_ssl.outdir import output_command
+
     run = Path(run_dir)
+    metrics = run / "metrics.csv"
+    if not resume and metrics.is_file():
+        saved = run / "config.yaml"
+        old_task = (yaml.safe_load(saved.read_text()) or {}).get("task") if saved.is_file() \
+            else None
+        if old_task != cfg.task and output_command(run) != f"downstream {cfg.task}":
+            raise UserError(f"{run} holds a metrics.csv that no downstream {cfg.task} run wrote: "
+                            "choose a new --out")
+        metrics.unlink()
+        log.info("starting a new %s (an earlier run's curves are replaced)", metrics)
     run.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run / "config.yaml", to_yaml(cfg))
     return run
@@ -57,8 +75,10 @@ def make_trainer(cfg: Any, run_dir: Path, optimizer_steps_per_batch: int = 1) ->
     so the limit is scaled to keep the budget in batches (generator updates).
     """
     t = cfg.trainer
+    minutes = getattr(t, "max_minutes", None)
     return pl.Trainer(
         max_steps=t.max_steps * optimizer_steps_per_batch, max_epochs=t.max_epochs,
+        max_time=None if minutes is None else {"seconds": float(minutes) * 60.0},
         accelerator=t.accelerator, devices=t.devices, precision=resolve_precision(cfg),
         default_root_dir=str(run_dir), logger=RunCSVLogger(run_dir), enable_checkpointing=False,
         log_every_n_steps=max(1, t.log_every_n_steps), deterministic=t.deterministic,

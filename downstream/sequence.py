@@ -70,6 +70,11 @@ def reparameterise(mu: torch.Tensor, logvar: torch.Tensor | None) -> torch.Tenso
     return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
 
+def kl_per_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``[B]``: ``KL(N(mu, exp(logvar)) || N(0, I))`` of each sample, summed over latent dims."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+
+
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """``KL(N(mu, exp(logvar)) || N(0, I))`` summed over latent dims, averaged over the batch."""
-    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+    return kl_per_sample(mu, logvar).mean()

@@ -366,7 +366,7 @@ def run_stylegan(cfg, encoder_spec: str, run_dir: str) -> dict:
                         "continue it, or choose a new --out")
     if cfg.trainer.resume and not ckpt.is_file():
         raise UserError(f"trainer.resume=true but {ckpt} does not exist")
-    run = start_run(run_dir, cfg)
+    run = start_run(run_dir, cfg, resume=cfg.trainer.resume)
     model = StyleGAN(cfg)
     loader = DataLoader(faces, batch_size=min(d.batch_size, len(faces)), shuffle=True,
                         drop_last=len(faces) > d.batch_size, num_workers=d.num_workers)

@@ -196,7 +196,7 @@ def test_encoder_generator_loss_swaps_labels(kind):
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["bigan", "vaegan"])
+@pytest.mark.parametrize("name", ["bigan", "vaegan", "introvae"])
 def test_shipped_yaml_documents_every_default(name):
     from omegaconf import OmegaConf
 

@@ -101,7 +101,8 @@ def test_end_to_end_exported_encoder_resized_bilstm_wgan(prep, tmp_path):
              ["data.resize_to_encoder=true", "model.sequence=bilstm", "model.vae=false",
               "loss.gan=wgan-gp"])
     assert r["encoder"]["method"] == "dino" and r["encoder"]["input_size"] == 48
-    assert r["model"] == {"sequence": "bilstm", "vae": False, "loss": "wgan-gp"}
+    assert r["model"] == {"sequence": "bilstm", "vae": False, "loss": "wgan-gp",
+                          "decoder": "dcgan", "face_latent": "none"}
 
 
 def test_encoder_size_mismatch_exit_2(prep, tmp_path, capsys):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import yaml
 from conftest import draw_identity_folder
 
 from backbone_ssl.backbones import create_backbone
@@ -49,3 +51,73 @@ def test_compare_bad_input_exit_2(tmp_path, capsys):
                  "--out", str(tmp_path / "cmp")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "at least 2 identities" in err[0]
+
+
+def test_mean_spread_and_task_overrides():
+    from downstream.compare import _task_overrides, mean_spread
+
+    assert mean_spread([1.0, 3.0]) == (2.0, 1.0)
+    assert mean_spread([None, float("nan")]) == (None, None)
+    over = ["data.batch_size=4", "bigan:model.joint_hidden=16", "cloze:model.embed_dim=8"]
+    assert _task_overrides("bigan", over) == ["data.batch_size=4", "model.joint_hidden=16"]
+    assert _task_overrides("gan", over) == ["data.batch_size=4"]
+
+
+SUITE_FAST = ["data.batch_size=4", "model.gen_channels=8", "metrics.max_eval=8",
+              "metrics.ref_encoder=random:resnet10t", "trainer.enable_progress_bar=false",
+              "trainer.save_checkpoint=false", "gan:model.disc_channels=8"]
+
+
+def test_face_suite_equal_minutes_two_seeds(tmp_path, capsys):
+    root = draw_identity_folder(tmp_path / "faces", identities=4, per_identity=4, size=16)
+    enc = export_encoder(create_backbone("resnet10t"), "resnet10t", tmp_path / "dino" / "encoder",
+                         input_size=16, meta={"method": "dino", "steps": 7})
+    out = tmp_path / "suite"
+    code = main(["--suite", "faces", "--models", "dcgan,introvae", "--minutes", "0.002",
+                 "--seeds", "0", "1", "--size", "16", "--latent-dim", "8", "--encoders",
+                 "random:resnet10t", str(enc), "--data", str(root), "--out", str(out),
+                 *SUITE_FAST])
+    assert code == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    assert lines[0].startswith("| model | encoder | seeds | steps | train s | kid ↓ | fd ↓")
+    body = [ln.split(" | ") for ln in lines[1:]]
+    # DCGAN once (its encoder plays no part), IntroVAE per encoder, each over 2 seeds
+    assert [(c[0].lstrip("| "), c[1], c[2]) for c in body] == [
+        ("DCGAN", "-", "2"), ("IntroVAE", "random-resnet10t", "2"), ("IntroVAE", "dino", "2")]
+    assert all("±" in c[5] and "±" in c[6] for c in body)
+    saved = json.loads((out / "compare.json").read_text())
+    assert len(saved["runs"]) == 6 and {r["seed"] for r in saved["runs"]} == {0, 1}
+    # equal minutes: each run stopped on the clock, long before its step limit
+    assert all(r["budget"]["steps"] < 1000 for r in saved["runs"])
+    cfg = yaml.safe_load((out / "introvae" / "dino" / "seed1" / "run" / "config.yaml").read_text())
+    assert cfg["seed"] == 1 and cfg["trainer"]["max_minutes"] == 0.002
+    assert "0.002 training minutes" in (out / "compare.md").read_text()
+
+
+def test_suite_bad_input_exit_2(tmp_path, capsys):
+    root = draw_identity_folder(tmp_path / "faces", identities=2, per_identity=2, size=16)
+    code = main(["--suite", "faces", "--models", "nope", "--minutes", "1", "--encoders",
+                 "random:resnet10t", "--data", str(root), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "unknown nope" in err[0]
+
+
+@pytest.mark.slow
+def test_cloze_suite_with_a_face_latent(tmp_path, capsys):
+    from test_downstream_cloze import _prep
+
+    prep = _prep(tmp_path, books=3, pages=2)[0]
+    out = tmp_path / "suite"
+    code = main(["--suite", "cloze", "--models", "autoencoder,face-bigan", "--minutes", "0.002",
+                 "--seeds", "0", "1", "--size", "32", "--latent-dim", "8", "--encoders",
+                 "random:resnet10t", "--data", str(prep), "--out", str(out), *SUITE_FAST,
+                 "cloze:model.embed_dim=8", "cloze:model.hidden_dim=8",
+                 "cloze:model.disc_channels=8", "bigan:model.disc_channels=8",
+                 "bigan:model.joint_hidden=8"])
+    assert code == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    assert "psnr ↑" in lines[0] and "ssim ↑" in lines[0] and len(lines) == 4
+    face = out / "face-bigan" / "random-resnet10t" / "seed1"
+    assert (face / "face_model" / "report.json").is_file()
+    rep = json.loads((face / "run" / "report.json").read_text())
+    assert rep["model"]["face_latent"] == "bigan" and "latent_mse" in rep["metrics"]

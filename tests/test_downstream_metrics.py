@@ -84,6 +84,21 @@ def test_kid_unbiased_near_zero_for_the_same_distribution_and_grows_with_shift()
     assert kid(feats, other[:7], real, subset_size=50)["kid_subset_size"] == 7
 
 
+def test_kid_subsets_do_not_depend_on_the_global_rng():
+    feats = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 6))
+    real, fake = _images(1, n=40), _images(2, n=40)
+    torch.manual_seed(1)
+    a = kid(feats, fake, real, subset_size=10, subsets=5)
+    torch.manual_seed(2)
+    b = kid(feats, fake, real, subset_size=10, subsets=5)
+    assert a == b  # the subset draw has its own seed: identical runs give identical KID
+    state = torch.random.get_rng_state()
+    kid(feats, fake, real, subset_size=10, subsets=5)
+    assert torch.equal(state, torch.random.get_rng_state())  # and leaves the global RNG alone
+    c = kid(feats, fake, real, subset_size=10, subsets=5, seed=1)
+    assert c["kid"] != a["kid"]  # with 5 subsets of 10, another draw gives another mean
+
+
 def test_fd_enc_in_a_feature_function():
     feats = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 6))
     torch.manual_seed(0)
