@@ -116,7 +116,10 @@ def test_cloze_suite_with_a_face_latent(tmp_path, capsys):
                  "bigan:model.joint_hidden=8"])
     assert code == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
-    assert "psnr ↑" in lines[0] and "ssim ↑" in lines[0] and len(lines) == 4
+    # header + one row per model (the separator starts "|---")
+    assert "psnr ↑" in lines[0] and "ssim ↑" in lines[0] and len(lines) == 3
+    assert lines[1].startswith("| CNN-LSTM autoencoder") and "| 2 |" in lines[1]
+    assert lines[2].startswith("| face latent: BiGAN") and "| 2 |" in lines[2]
     face = out / "face-bigan" / "random-resnet10t" / "seed1"
     assert (face / "face_model" / "report.json").is_file()
     rep = json.loads((face / "run" / "report.json").read_text())

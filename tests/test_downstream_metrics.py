@@ -100,8 +100,8 @@ def test_kid_subsets_do_not_depend_on_the_global_rng():
 
 
 def test_fd_enc_in_a_feature_function():
+    torch.manual_seed(0)  # before the layer is built: its weights must not depend on test order
     feats = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 6))
-    torch.manual_seed(0)
     real = _images(1, n=40)
     assert fd_enc(feats, real, real) == pytest.approx(0.0, abs=1e-6)
     assert fd_enc(feats, (real + 0.5).clamp(-1, 1), real) > fd_enc(feats, _images(2, n=40), real)
