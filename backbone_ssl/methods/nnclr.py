@@ -10,7 +10,6 @@ the same character, which plain instance discrimination never sees. All parts ar
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -18,11 +17,10 @@ import torch
 import torch.nn as nn
 from lightly.loss import NTXentLoss
 from lightly.models.modules import NNCLRPredictionHead, NNCLRProjectionHead, NNMemoryBankModule
-from lightly.transforms import SimCLRTransform
 
 from backbone_ssl.config import RunConfig, check_range
-from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.methods.base import SSLMethod
+from backbone_ssl.methods.simclr import ntxent_collapse_value, simclr_views
 
 
 @dataclass
@@ -71,14 +69,10 @@ class NNCLR(SSLMethod):
 
     def train_transform(self) -> Callable:
         s = self.cfg.nnclr
-        return SimCLRTransform(
-            input_size=self.cfg.data.image_size, min_scale=s.min_scale, hf_prob=s.hf_prob,
-            cj_strength=s.cj_strength,
-            normalize={"mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)})
+        return simclr_views(self.cfg.data.image_size, s.min_scale, s.hf_prob, s.cj_strength)
 
     def collapse_value(self) -> float | None:
-        """NT-Xent of a constant embedding: every logit equal, ``log(2B - 1)``."""
-        return math.log(2 * self.cfg.data.batch_size - 1)
+        return ntxent_collapse_value(self.cfg.data.batch_size)
 
     def ssl_step(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Views ``2 x [B,3,H,W]``: projections ``z [B,P]``, predictions ``p [B,P]``; the loss is

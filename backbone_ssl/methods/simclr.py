@@ -40,6 +40,19 @@ class SimCLRConfig(RunConfig):
     simclr: SimCLRSection = field(default_factory=SimCLRSection)
 
 
+def simclr_views(image_size: int, min_scale: float, hf_prob: float,
+                 cj_strength: float) -> SimCLRTransform:
+    """lightly's two-view SimCLR transform with our normalisation (also NNCLR's views)."""
+    return SimCLRTransform(
+        input_size=image_size, min_scale=min_scale, hf_prob=hf_prob, cj_strength=cj_strength,
+        normalize={"mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)})
+
+
+def ntxent_collapse_value(batch_size: int) -> float:
+    """NT-Xent of a constant embedding over 2B views: every logit equal, ``log(2B - 1)``."""
+    return math.log(2 * batch_size - 1)
+
+
 class SimCLR(SSLMethod):
     """SimCLR on any timm backbone."""
 
@@ -58,14 +71,10 @@ class SimCLR(SSLMethod):
 
     def train_transform(self) -> Callable:
         s = self.cfg.simclr
-        return SimCLRTransform(
-            input_size=self.cfg.data.image_size, min_scale=s.min_scale, hf_prob=s.hf_prob,
-            cj_strength=s.cj_strength,
-            normalize={"mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)})
+        return simclr_views(self.cfg.data.image_size, s.min_scale, s.hf_prob, s.cj_strength)
 
     def collapse_value(self) -> float | None:
-        """NT-Xent of a constant embedding: every logit equal, ``log(2B - 1)``."""
-        return math.log(2 * self.cfg.data.batch_size - 1)
+        return ntxent_collapse_value(self.cfg.data.batch_size)
 
     def ssl_step(self, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         f0 = self.backbone(views[0])
