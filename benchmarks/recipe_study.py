@@ -100,7 +100,9 @@ def run_variant(name: str, seed: int, steps: int, root: Path,
     method, cfg_file, base = VARIANTS[name]
     label = f"{name}{'-' + tag if tag else ''}"
     run = root / "runs" / f"{label}-s{seed}-{steps}-{split}"
-    if run.exists():
+    if run.exists():  # replace only a run this script's pretrain wrote (it holds the marker)
+        if not (run / ".backbone-ssl-output.json").is_file():
+            sys.exit(f"recipe_study: {run} exists and is not a backbone-ssl run; move it away")
         shutil.rmtree(run)
     budget = [f"trainer.max_steps={steps}"]
     t0 = time.perf_counter()
