@@ -159,44 +159,148 @@ def own_metric(method: str, run_dir: Path) -> str:
     return "–"
 
 
-def pretrain_one(method: str, data: Path, run_dir: Path, common: Sequence[str],
-                 minutes: float | None = None) -> dict[str, Any]:
-    """Pretrain ``method`` from scratch into ``run_dir``; returns steps, images seen, seconds,
-    FLOPs per step and the encoder dir."""
+class StepTimer(pl.Callback):
+    """Seconds per optimiser step of a short run, after its first ``skip`` steps (data-loader
+    start-up, lazy initialisation and the FLOP count stay out of the rate)."""
+
+    def __init__(self, skip: int = 3) -> None:
+        self.skip = skip
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.ends.append(time.perf_counter())
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Mean seconds per step after ``skip`` (the mean, not the median: the stall at each
+        epoch boundary, where the loader's workers start again, is part of the cost, so a probe
+        should cross one); needs ``skip + 2`` steps."""
+        ends = self.ends[self.skip:]
+        if len(ends) < 2:
+            raise ValueError(f"StepTimer: {len(self.ends)} steps timed, need {self.skip + 2}")
+        return (ends[-1] - ends[0]) / (len(ends) - 1)
+
+
+def replace_run_dir(run_dir: Path) -> None:
+    """Remove ``run_dir`` when an earlier ``pretrain`` wrote it (its marker says so), so that every
+    comparison run starts afresh; anything else there is refused, never deleted."""
+    from backbone_ssl.outdir import output_command
+
+    if not run_dir.exists():
+        return
+    if output_command(run_dir) != "pretrain":
+        raise UserError(f"{run_dir} exists and is not a backbone-ssl pretrain run; move it away "
+                        "or choose another --out")
+    shutil.rmtree(run_dir)
+
+
+def steps_for_minutes(method: str, data: Path, run_dir: Path, common: Sequence[str],
+                      minutes: float, probe_steps: int = 40,
+                      config_file: str | None = None) -> tuple[int, float]:
+    """The number of optimiser steps ``method`` runs in ``minutes``, from a timed probe of
+    ``probe_steps`` steps (same data, architecture, batch and overrides, written to
+    ``RUN_DIR.probe`` and removed after; 40 steps cross at least two epoch boundaries of the toy
+    data's 1,000 images at batch 64). Returns ``(steps, seconds per step)``.
+
+    The learning-rate and momentum schedules of the real run are then sized for these steps, so
+    every method goes through its whole warm-up and decay within the same wall-clock budget (a
+    schedule sized for a large ``--steps`` would keep every method in warm-up).
+    """
     from backbone_ssl.train import pretrain
 
-    if run_dir.exists():  # the comparison is reproducible: every run starts afresh
-        shutil.rmtree(run_dir)
+    probe = run_dir.with_name(run_dir.name + ".probe")
+    replace_run_dir(probe)
+    timer = StepTimer()
+    pretrain(method, config_file=config_file, data=str(data), out=str(probe),
+             overrides=[*common, f"trainer.max_steps={probe_steps}",
+                        f"trainer.checkpoint_every_n_steps={probe_steps}"], callbacks=[timer])
+    replace_run_dir(probe)
+    per_step = timer.seconds_per_step
+    return max(1, int(60 * minutes / per_step)), per_step
+
+
+def pretrain_one(method: str, data: Path, run_dir: Path, common: Sequence[str],
+                 minutes: float | None = None, config_file: str | None = None,
+                 max_steps: int | None = None) -> dict[str, Any]:
+    """Pretrain ``method`` from scratch into ``run_dir``; returns steps, images seen, seconds,
+    FLOPs per step and the encoder dir.
+
+    With ``minutes``, the run's step count (and so its schedules) comes from
+    :func:`steps_for_minutes`, at most ``max_steps``, and :class:`Budget` still stops it once
+    ``minutes`` have passed (a probe that ran faster than the real run)."""
+    from backbone_ssl.train import pretrain
+
+    planned, per_step = None, None
+    overrides = list(common)
+    if minutes is not None:
+        planned, per_step = steps_for_minutes(method, data, run_dir, common, minutes,
+                                              config_file=config_file)
+        if max_steps is not None:
+            planned = min(planned, max_steps)
+        overrides += [f"trainer.max_steps={planned}",
+                      f"trainer.checkpoint_every_n_steps={planned}"]
+    replace_run_dir(run_dir)  # the comparison is reproducible: every run starts afresh
     budget = Budget(minutes)
-    res = pretrain(method, data=str(data), out=str(run_dir), overrides=list(common),
-                   callbacks=[budget])
-    return {"steps": res.steps, "images": round(res.images_per_second * res.seconds),
+    res = pretrain(method, config_file=config_file, data=str(data), out=str(run_dir),
+                   overrides=overrides, callbacks=[budget])
+    return {"steps": res.steps, "planned_steps": planned,
+            "probe_seconds_per_step": None if per_step is None else round(per_step, 4),
+            "images": round(res.images_per_second * res.seconds),
             "seconds": res.seconds, "flops_per_step": budget.flops_per_step,
             "encoder": str(res.encoder_dir)}
+
+
+def recipe_file(method: str, recipes: str) -> str | None:
+    """The config file a comparison run of ``method`` uses: ``None`` (the method's defaults,
+    ``configs/<method>.yaml``) for ``recipes="default"``; for ``recipes="cpu"``,
+    ``configs/<method>_cpu.yaml`` where the recipe study wrote one (benchmarks/RECIPES.md), else
+    the defaults."""
+    from backbone_ssl.config import CONFIG_DIR
+
+    if recipes == "cpu" and (CONFIG_DIR / f"{method}_cpu.yaml").is_file():
+        return str(CONFIG_DIR / f"{method}_cpu.yaml")
+    return None
+
+
+def steps_cell(row: dict[str, Any]) -> str:
+    """Steps run, and the probe's plan when the wall-clock cap stopped the run before it."""
+    planned = row.get("planned_steps")
+    if planned and planned != row["steps"]:
+        return f"{row['steps']} (of {planned} planned)"
+    return str(row["steps"])
 
 
 def format_markdown(rows: list[dict[str, Any]], args: argparse.Namespace, n: dict[str, int]
                     ) -> str:
     """The comparison table (accuracies in %) and how it was made."""
-    budget = (f"the same wall-clock budget of {args.minutes:g} min per method (at most "
-              f"{args.steps} steps)" if args.minutes else f"{args.steps} steps per method")
+    budget = (f"the same wall-clock budget of {args.minutes:g} min of training per method "
+              "(each method's step count, and so its lr / momentum schedules, sized from a timed "
+              f"40-step probe; at most {args.steps} steps; online monitor off)"
+              if args.minutes else f"{args.steps} steps per method")
+    recipes = ("each method's CPU recipe `configs/<method>_cpu.yaml` where one exists, else its "
+               "defaults" if args.recipes == "cpu" else "each method's defaults "
+               "`configs/<method>.yaml`")
     lines = [
         f"Budget: {budget}, batch {args.batch_size}, {args.arch} at {args.image_size} px, "
-        f"seed {args.seed} (one seed: a difference needs 3 seeds, docs/EVALUATION.md). "
+        f"seed {args.seed} (one seed: a difference needs 3 seeds, docs/EVALUATION.md); "
+        f"{recipes}, with the shared size above. "
         f"Toy-face identities: {n['num_classes']} identities, {n['n_train']} gallery "
-        f"(split/train) / {n['n_test']} query (split/test) images; the online monitor used "
-        "split/val. Golden faces by character: kNN top-1 on its test split (gallery: its train).",
+        f"(split/train) / {n['n_test']} query (split/test) images"
+        f"{'' if args.minutes else '; the online monitor used split/val'}. Golden faces by "
+        "character: kNN top-1 on its test split (gallery: its train). Pretrain time: the whole "
+        "fit, setup included (the budget's clock starts at the first step).",
         "",
-        "| method | pretrained on | steps | images seen | pretrain time (s) | GFLOPs / step | "
-        "kNN top-1 (%) | linear top-1 (%) | faces by character kNN top-1 (%) | "
+        "| method | config | pretrained on | steps | images seen | pretrain time (s) | "
+        "GFLOPs / step | kNN top-1 (%) | linear top-1 (%) | faces by character kNN top-1 (%) | "
         "method's own held-out metric |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         gf = f"{r['flops_per_step'] / 1e9:.1f}" if r.get("flops_per_step") else "–"
         chars = f"{100 * r['chars_top1']:.1f}" if r.get("chars_top1") is not None else "–"
         lines.append(
-            f"| {r['method']} | {r['data']} | {r['steps']} | {r.get('images', 0)} | "
+            f"| {r['method']} | {r.get('config', '–')} | {r['data']} | {steps_cell(r)} | "
+            f"{r.get('images', 0)} | "
             f"{r['seconds']:.0f} | {gf} | {100 * r['knn_top1']:.1f} | "
             f"{100 * r['linear_top1']:.1f} | {chars} | {r['own']} |"
         )
@@ -224,7 +328,11 @@ def run_compare(args: argparse.Namespace) -> str:
     train_dir, test_dir = faces / "split" / "train", faces / "split" / "test"
     val_dir = faces / "split" / "val"
     chars = prep / "faces_by_character"
-    common = [f"data.val_train={train_dir}", f"data.val_test={val_dir}",
+    # with --minutes the online kNN monitor is off: its embedding passes would eat into the
+    # budget (the final encoder is evaluated below anyway); with --steps it watches split/val
+    monitor = (["data.val_train=null", "data.val_test=null"] if args.minutes else
+               [f"data.val_train={train_dir}", f"data.val_test={val_dir}"])
+    common = [*monitor,
               f"model.arch={args.arch}", f"trainer.max_steps={args.steps}",
               "trainer.max_epochs=-1", f"data.batch_size={args.batch_size}",
               f"data.image_size={args.image_size}", f"data.num_workers={args.num_workers}",
@@ -235,7 +343,9 @@ def run_compare(args: argparse.Namespace) -> str:
     for method in methods:
         data = prep if method == "person" else train_dir
         log.info("compare: pretraining %s on %s", method, data)
-        run = pretrain_one(method, data, out / "runs" / method, common, args.minutes)
+        run = pretrain_one(method, data, out / "runs" / method, common, args.minutes,
+                           config_file=recipe_file(method, args.recipes), max_steps=args.steps)
+        run["config"] = Path(recipe_file(method, args.recipes) or f"{method}.yaml").name
         encoder = resolve_encoder(run["encoder"])
         rows.append({"method": method, "data": "toy comics panels" if method == "person"
                      else "toy faces (split/train)", **run,
@@ -290,8 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None,
                    help="comma-separated; default: every registered method")
     p.add_argument("--minutes", type=float, default=None,
-                   help="the same wall-clock budget per method (training stops after M minutes "
-                        "or --steps, whichever comes first)")
+                   help="the same wall-clock budget of training per method: a timed probe sizes "
+                        "each method's steps (and schedules) to M minutes, at most --steps")
+    p.add_argument("--recipes", choices=("default", "cpu"), default="default",
+                   help="default: configs/<method>.yaml; cpu: configs/<method>_cpu.yaml where "
+                        "the recipe study wrote one (benchmarks/RECIPES.md)")
     p.add_argument("--identities", type=int, default=50)
     p.add_argument("--per-identity", type=int, default=40)
     p.add_argument("--books", type=int, default=30, help="toy comic books (person)")

@@ -2,7 +2,7 @@
 val folder (best pairwise F), then scored once on the test folder with that choice.
 
     python benchmarks/cluster_compare.py --val VAL_DIR --test TEST_DIR --k 5 \\
-        --encoders pixels:32 random:resnet10t RUN/encoder
+        --encoders pixels:32 random:resnet10t simclr=RUN/encoder
 
 Prints a markdown table (pairwise F / BCubed F / NMI (clusters), chosen parameter) and writes
 ``--out`` JSON. Every other setting is the ``configs/cluster.yaml`` default.
@@ -39,13 +39,20 @@ def main() -> None:
     p.add_argument("--val", required=True)
     p.add_argument("--test", required=True)
     p.add_argument("--k", type=int, default=5)
-    p.add_argument("--encoders", nargs="+", required=True)
+    p.add_argument("--encoders", nargs="+", required=True,
+                   help="ENC or LABEL=ENC (an encoder folder, pixels:S, random:ARCH)")
+    p.add_argument("--random-size", type=int, default=64,
+                   help="input size of random:ARCH encoders (match the trained encoders')")
     p.add_argument("--out", default="cluster_compare.json")
     args = p.parse_args()
     base = load_config(ClusterConfig, "cluster").methods
     results = {}
-    for spec in args.encoders:
-        enc = resolve_encoder(spec)
+    for item in args.encoders:
+        spec, sep, path = item.partition("=")  # the row's label, and the encoder
+        if not sep:
+            spec = path = item
+        enc = resolve_encoder(path, input_size=args.random_size if path.startswith("random:")
+                              else None)
         data = {}
         for split in ("val", "test"):
             feats, labels, *_ = embed_folder(enc, getattr(args, split))

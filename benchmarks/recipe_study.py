@@ -45,6 +45,10 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     # dino_cpu / byol_cpu: the files as they are now (the study's winners); the screening rows in
     # RECIPES.md name the overrides they were measured with on the earlier files
     "dino_cpu": ("dino", "configs/dino_cpu.yaml", []),
+    # issue 18: configs/dino.yaml (the shipped defaults: resnet18, 64 px, local crops) as it is
+    # now, and as it was before the fix
+    "dino": ("dino", "configs/dino.yaml", []),
+    "dino_defaults_2026_12_02": ("dino", "benchmarks/dino_defaults_2026-12-02.yaml", []),
     "simclr_cpu": ("simclr", "configs/simclr_cpu.yaml", []),
     "byol_cpu": ("byol", "configs/byol_cpu.yaml", []),
     # supervised ceiling (labels of split/train) at the CPU recipes' size and step budget
@@ -120,7 +124,34 @@ def run_variant(name: str, seed: int, steps: int, root: Path,
     return {"variant": label, "seed": seed, "steps": res.steps, "split": split,
             "pretrain_s": round(res.seconds, 1), "wall_s": round(wall, 1),
             "images_per_s": round(res.images_per_second, 1), **scores,
+            **collapse_signals(run / "metrics.csv"),
             "overrides": base + extra, "config": cfg_file}
+
+
+#: the collapse monitor's logged signals (issue 18), first and last logged value of each
+SIGNALS = ("train/loss", "train/loss_collapse_value", "train/teacher_entropy",
+           "train/collapse_std", "train/collapse_std_healthy", "train/collapsed")
+
+
+def collapse_signals(metrics_csv: Path) -> dict:
+    """``{"loss_first": .., "loss_last": .., "teacher_entropy_last": .., ...}`` from a run's
+    ``metrics.csv`` (signals a method does not log are left out)."""
+    import csv
+
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    with metrics_csv.open(newline="") as f:
+        for row in csv.DictReader(f):
+            for key in SIGNALS:
+                if row.get(key):
+                    first.setdefault(key, float(row[key]))
+                    last[key] = float(row[key])
+    out = {}
+    for key, value in last.items():
+        name = key.removeprefix("train/")
+        out[f"{name}_first"] = round(first[key], 4)
+        out[f"{name}_last"] = round(value, 4)
+    return out
 
 
 def table(rows: list[dict]) -> str:

@@ -45,3 +45,45 @@ def test_budget_leaves_no_counting_mode_behind_when_a_step_raises():
     budget.on_exception(None, None, RuntimeError("step failed"))
     assert not _get_current_dispatch_mode_stack()
     assert budget.flops_per_step is None
+
+
+def test_minutes_budget_sizes_the_schedule_so_warm_up_and_decay_fit(tiny_split, tmp_path):
+    """--minutes: a timed probe turns the budget into a step count, and the lr schedule is built
+    for it: the run ends in the cosine decay, not in warm-up (the bug: a schedule sized for a
+    huge --steps left every method at lr ~ 0 for its whole minute)."""
+    import csv
+
+    train, _ = tiny_split
+    common = [c for c in COMMON if not c.startswith("trainer.max_steps")]
+    run = pretrain_one("simclr", train, tmp_path / "run", common, minutes=0.1,
+                       max_steps=100_000)
+    per_step = run["probe_seconds_per_step"]
+    assert per_step > 0
+    assert run["planned_steps"] == max(1, int(60 * 0.1 / per_step))
+    assert 1 <= run["steps"] <= run["planned_steps"] < 100_000
+    assert not (tmp_path / "run.probe").exists(), "the probe run is removed after timing"
+    with (tmp_path / "run" / "metrics.csv").open(newline="") as f:
+        lrs = [float(r["train/lr"]) for r in csv.DictReader(f) if r.get("train/lr")]
+    peak = max(lrs)
+    assert peak > 0.5e-3, "warm-up reached the configured peak lr (1e-3)"
+    assert lrs[-1] < 0.5 * peak, f"the run ended in warm-up or at the peak: {lrs[-3:]}"
+
+
+def test_step_timer_needs_steps_after_skip_and_refuses_foreign_run_dirs(tmp_path):
+    import pytest
+
+    from backbone_ssl.compare import StepTimer, replace_run_dir
+    from backbone_ssl.errors import UserError
+
+    timer = StepTimer(skip=1)
+    timer.ends = [0.0, 10.0, 10.5, 11.0, 11.5, 13.5, 14.0]
+    assert timer.seconds_per_step == 0.8  # the first (slow) step is skipped, an epoch stall kept
+    timer.ends = [0.0, 1.0]
+    with pytest.raises(ValueError):
+        _ = timer.seconds_per_step
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not a backbone-ssl pretrain run"):
+        replace_run_dir(foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
