@@ -24,7 +24,6 @@ from backbone_ssl.nn.gan_losses import GAN_LOSSES
 
 TASKS = ("cloze", "siamese", "gan", "bigan", "vaegan", "introvae", "stylegan", "invert")
 SEQUENCE_MODES = ("concat", "lstm", "bilstm")
-GAN_LOSS_NAMES = GAN_LOSSES  # nonsaturating | hinge | wgan-gp (backbone_ssl.nn.gan_losses)
 SPLITS = ("identity", "image")
 
 
@@ -137,7 +136,7 @@ class ClozeConfig:
     def validate(self) -> None:
         _check_common(self)
         check_choice(self.model.sequence, SEQUENCE_MODES, "model.sequence")
-        check_choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
+        check_choice(self.loss.gan, GAN_LOSSES, "loss.gan")
         _power_side(self.data.panel_size, "data.panel_size")
         _power_side(self.data.face_size, "data.face_size")
         if not 0.0 < self.data.test_fraction < 1.0:
@@ -275,7 +274,7 @@ class GanConfig:
 
     def validate(self) -> None:
         _check_common(self)
-        check_choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
+        check_choice(self.loss.gan, GAN_LOSSES, "loss.gan")
         _power_side(self.data.image_size, "data.image_size")
         check_positive(self.model.latent_dim, "model.latent_dim")
         resolve_gan_training(self)
@@ -305,7 +304,7 @@ class BiganConfig:
 
     def validate(self) -> None:
         _check_common(self)
-        check_choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
+        check_choice(self.loss.gan, GAN_LOSSES, "loss.gan")
         _power_side(self.data.image_size, "data.image_size")
         for key in ("latent_dim", "gen_channels", "disc_channels", "joint_hidden"):
             check_positive(getattr(self.model, key), f"model.{key}")
@@ -347,7 +346,7 @@ class VaeganConfig:
 
     def validate(self) -> None:
         _check_common(self)
-        check_choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
+        check_choice(self.loss.gan, GAN_LOSSES, "loss.gan")
         _power_side(self.data.image_size, "data.image_size")
         for key in ("latent_dim", "gen_channels", "disc_channels"):
             check_positive(getattr(self.model, key), f"model.{key}")
