@@ -273,10 +273,7 @@ class GanConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
-        _check_common(self)
-        check_choice(self.loss.gan, GAN_LOSSES, "loss.gan")
-        _power_side(self.data.image_size, "data.image_size")
-        check_positive(self.model.latent_dim, "model.latent_dim")
+        _check_face_gan(self, ("latent_dim",))
         resolve_gan_training(self)
 
 
@@ -303,11 +300,7 @@ class BiganConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
-        _check_common(self)
-        check_choice(self.loss.gan, GAN_LOSSES, "loss.gan")
-        _power_side(self.data.image_size, "data.image_size")
-        for key in ("latent_dim", "gen_channels", "disc_channels", "joint_hidden"):
-            check_positive(getattr(self.model, key), f"model.{key}")
+        _check_face_gan(self, ("latent_dim", "gen_channels", "disc_channels", "joint_hidden"))
         resolve_gan_training(self)
 
 
@@ -345,11 +338,7 @@ class VaeganConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
-        _check_common(self)
-        check_choice(self.loss.gan, GAN_LOSSES, "loss.gan")
-        _power_side(self.data.image_size, "data.image_size")
-        for key in ("latent_dim", "gen_channels", "disc_channels"):
-            check_positive(getattr(self.model, key), f"model.{key}")
+        _check_face_gan(self, ("latent_dim", "gen_channels", "disc_channels"))
         check_non_negative(self.loss, "loss", ("kl_weight", "rec_weight", "gamma", "adv_weight"))
         resolve_gan_training(self)
 
@@ -438,6 +427,16 @@ def check_non_negative(section: Any, name: str, keys: Sequence[str]) -> None:
         value = getattr(section, key)
         if value < 0:
             raise UserError(f"config key '{name}.{key}' must be >= 0, got {value}")
+
+
+def _check_face_gan(cfg: Any, model_keys: Sequence[str]) -> None:
+    """The checks every face GAN config (gan, bigan, vaegan) starts with: the common ones, a known
+    ``loss.gan``, ``data.image_size`` 4 x a power of two, and each ``model.<key>`` > 0."""
+    _check_common(cfg)
+    check_choice(cfg.loss.gan, GAN_LOSSES, "loss.gan")
+    _power_side(cfg.data.image_size, "data.image_size")
+    for key in model_keys:
+        check_positive(getattr(cfg.model, key), f"model.{key}")
 
 
 def _power_side(size: int, key: str) -> None:
