@@ -263,6 +263,10 @@ class GanLoss:
 
 @dataclass
 class GanConfig:
+    """``downstream gan``; also the base of the other face-model tasks (bigan, vaegan,
+    introvae), which share its ``seed``, ``data``, ``optim``, ``trainer`` and ``metrics``
+    sections and replace ``task``, ``model`` and ``loss`` (same key order)."""
+
     task: str = "gan"
     seed: int = 0
     data: GanData = field(default_factory=GanData)
@@ -289,15 +293,9 @@ class BiganModel:
 
 
 @dataclass
-class BiganConfig:
+class BiganConfig(GanConfig):
     task: str = "bigan"
-    seed: int = 0
-    data: GanData = field(default_factory=GanData)
     model: BiganModel = field(default_factory=BiganModel)
-    loss: GanLoss = field(default_factory=GanLoss)
-    optim: TaskOptimConfig = field(default_factory=TaskOptimConfig)
-    trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
         _check_face_gan(self, ("latent_dim", "gen_channels", "disc_channels", "joint_hidden"))
@@ -327,15 +325,10 @@ class VaeganLoss:
 
 
 @dataclass
-class VaeganConfig:
+class VaeganConfig(GanConfig):
     task: str = "vaegan"
-    seed: int = 0
-    data: GanData = field(default_factory=GanData)
     model: VaeganModel = field(default_factory=VaeganModel)
     loss: VaeganLoss = field(default_factory=VaeganLoss)
-    optim: TaskOptimConfig = field(default_factory=TaskOptimConfig)
-    trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
         _check_face_gan(self, ("latent_dim", "gen_channels", "disc_channels"))
@@ -361,16 +354,12 @@ class IntrovaeLoss:
 
 
 @dataclass
-class IntrovaeConfig:
+class IntrovaeConfig(GanConfig):
     task: str = "introvae"
-    seed: int = 0
-    data: GanData = field(default_factory=GanData)
     model: IntrovaeModel = field(default_factory=IntrovaeModel)
     loss: IntrovaeLoss = field(default_factory=IntrovaeLoss)
     optim: TaskOptimConfig = field(default_factory=lambda: TaskOptimConfig(beta1=0.9,
                                                                            beta2=0.999))
-    trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
         _check_common(self)
