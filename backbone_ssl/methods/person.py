@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -34,8 +35,8 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_s
 from torch.utils.data import DataLoader, Dataset
 
 from backbone_ssl.config import DataConfig, ModelConfig, RunConfig
+from backbone_ssl.curves import save_pyplot
 from backbone_ssl.errors import UserError
-from backbone_ssl.io import atomic_path
 from backbone_ssl.methods.supervised import SupervisedMethod, augmented_view
 from backbone_ssl.methods.support import plots_dir, should_validate
 
@@ -120,10 +121,7 @@ def plot_confusion(matrix: np.ndarray, out_png: Any, title: str) -> None:
     ConfusionMatrixDisplay(matrix, display_labels=list(CLASS_NAMES)).plot(
         ax=ax, colorbar=False, values_format="d")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_pyplot(fig, Path(out_png))
 
 
 class Person(SupervisedMethod):
