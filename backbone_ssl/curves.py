@@ -84,10 +84,16 @@ def plot_curves(metrics_csv: str | Path, plots_dir: str | Path,
         ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        out = plots_dir / f"{name}.png"
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
-        written.append(out)
+        written.append(save_pyplot(fig, plots_dir / f"{name}.png"))
     return written
+
+
+def save_pyplot(fig, out: Path) -> Path:
+    """Lay out a pyplot figure, write it to ``out`` as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out

@@ -37,6 +37,7 @@ import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
 from backbone_ssl.config import closest_key, default_config_file, flat_keys, load_config
+from backbone_ssl.curves import save_pyplot
 from backbone_ssl.errors import UserError
 from backbone_ssl.evaluation.features import embed_dataset
 from backbone_ssl.evaluation.knn import knn_classify
@@ -270,12 +271,7 @@ def plot_objective(study: optuna.Study, space: Space, plots_dir: Path) -> list[P
         ax.set_ylabel(f"{OBJECTIVE} (held-out)")
         ax.set_title(f"{len(pts)} complete trials")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        out = plots_dir / f"objective_vs_{p.key.replace('.', '_')}.png"
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
-        written.append(out)
+        written.append(save_pyplot(fig, plots_dir / f"objective_vs_{p.key.replace('.', '_')}.png"))
     return written
 
 

@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import logging
 
-import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 
 from backbone_ssl.nn.critics import ConvDiscriminator
 from backbone_ssl.nn.diffaugment import AugmentedCritic
 from backbone_ssl.nn.gan_losses import generator_loss
-from backbone_ssl.nn.training import critic_loss, generator_step, train_critic
 from downstream.config import BiganConfig
-from downstream.gan import DCGANGenerator
-from downstream.latent import FaceEncoder
+from downstream.latent import LatentFaceModel
 from downstream.latent_run import run_latent_model
 
 log = logging.getLogger(__name__)
@@ -79,29 +76,15 @@ class PairCritic(nn.Module):
         return self.critic(x, pair[:, self.n_pixels:])
 
 
-class BiGAN(pl.LightningModule):
+class BiGAN(LatentFaceModel):
     """E, G and the pair critic D, trained with manual optimisation: ``n_critic`` D steps on
     fresh data, then one joint E+G step with D frozen."""
 
     def __init__(self, cfg: BiganConfig, encoder) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.automatic_optimization = False
+        super().__init__(cfg, encoder, variational=False)
         m, d = cfg.model, cfg.data
-        self.encoder = FaceEncoder(encoder, m.latent_dim, variational=False,
-                                   finetune=m.finetune_encoder, resize=d.resize_to_encoder)
-        self.generator = DCGANGenerator(m.latent_dim, d.image_size, m.gen_channels)
         joint = JointDiscriminator(d.image_size, m.latent_dim, m.disc_channels, m.joint_hidden)
         self.discriminator = PairCritic(AugmentedCritic(joint, m.diffaugment), d.image_size)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` faces ``[n,3,S,S]`` from ``z ~ N(0, I)``."""
-        z = torch.randn(n, self.cfg.model.latent_dim, generator=generator).to(self.device)
-        return self.generator(z)
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """``G(E(x))`` ``[B,3,S,S]``."""
-        return self.generator(self.encoder(x))
 
     def pairs(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed real pairs ``(x, E(x))`` and fake pairs ``(G(z), z)`` for a batch of faces."""
@@ -119,30 +102,10 @@ class BiGAN(pl.LightningModule):
         return generator_loss(kind, d(fake_pair)) + generator_loss(kind, -d(real_pair))
 
     def training_step(self, batch, batch_idx: int) -> None:
-        lo = self.cfg.loss
-        reals = batch[0].chunk(lo.n_critic)
-        opt_eg, opt_d = self.optimizers()
-        d = self.discriminator
-
-        def draw(i: int):
-            with torch.no_grad():
-                return self.pairs(reals[i])
-
-        d_loss = train_critic(opt_d, len(reals), draw,
-                              lambda r, f: critic_loss(lo.gan, d, r, f, lo.gp_weight,
-                                                       lo.r1_weight), self.manual_backward)
-
-        g_loss = generator_step(opt_eg, lambda: self.encoder_generator_loss(reals[0]), [opt_d],
-                                self.manual_backward)
-        self.log_dict({"train/d_loss": d_loss, "train/eg_loss": g_loss}, prog_bar=True)
+        self.critic_then_encoder_generator(batch, self.pairs, self.encoder_generator_loss)
 
     def configure_optimizers(self):
-        o = self.cfg.optim
-        kw = {"betas": (o.beta1, o.beta2), "weight_decay": o.weight_decay}
-        eg = [{"params": list(self.generator.parameters()), "lr": o.lr},
-              *self.encoder.param_groups(o.lr, o.encoder_lr)]
-        return [torch.optim.Adam(eg, **kw),
-                torch.optim.Adam(self.discriminator.parameters(), lr=o.lr, **kw)]
+        return self.critic_optimizers()
 
 
 def run_bigan(cfg: BiganConfig, encoder_spec: str, run_dir: str, resume: bool = False) -> dict:

@@ -24,7 +24,6 @@ from backbone_ssl.nn.gan_losses import GAN_LOSSES
 
 TASKS = ("cloze", "siamese", "gan", "bigan", "vaegan", "introvae", "stylegan", "invert")
 SEQUENCE_MODES = ("concat", "lstm", "bilstm")
-GAN_LOSS_NAMES = GAN_LOSSES  # nonsaturating | hinge | wgan-gp (backbone_ssl.nn.gan_losses)
 SPLITS = ("identity", "image")
 
 
@@ -137,7 +136,7 @@ class ClozeConfig:
     def validate(self) -> None:
         _check_common(self)
         check_choice(self.model.sequence, SEQUENCE_MODES, "model.sequence")
-        check_choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
+        check_choice(self.loss.gan, GAN_LOSSES, "loss.gan")
         _power_side(self.data.panel_size, "data.panel_size")
         _power_side(self.data.face_size, "data.face_size")
         if not 0.0 < self.data.test_fraction < 1.0:
@@ -264,6 +263,10 @@ class GanLoss:
 
 @dataclass
 class GanConfig:
+    """``downstream gan``; also the base of the other face-model tasks (bigan, vaegan,
+    introvae), which share its ``seed``, ``data``, ``optim``, ``trainer`` and ``metrics``
+    sections and replace ``task``, ``model`` and ``loss`` (same key order)."""
+
     task: str = "gan"
     seed: int = 0
     data: GanData = field(default_factory=GanData)
@@ -274,10 +277,7 @@ class GanConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
-        _check_common(self)
-        check_choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
-        _power_side(self.data.image_size, "data.image_size")
-        check_positive(self.model.latent_dim, "model.latent_dim")
+        _check_face_gan(self, ("latent_dim",))
         resolve_gan_training(self)
 
 
@@ -293,22 +293,12 @@ class BiganModel:
 
 
 @dataclass
-class BiganConfig:
+class BiganConfig(GanConfig):
     task: str = "bigan"
-    seed: int = 0
-    data: GanData = field(default_factory=GanData)
     model: BiganModel = field(default_factory=BiganModel)
-    loss: GanLoss = field(default_factory=GanLoss)
-    optim: TaskOptimConfig = field(default_factory=TaskOptimConfig)
-    trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
-        _check_common(self)
-        check_choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
-        _power_side(self.data.image_size, "data.image_size")
-        for key in ("latent_dim", "gen_channels", "disc_channels", "joint_hidden"):
-            check_positive(getattr(self.model, key), f"model.{key}")
+        _check_face_gan(self, ("latent_dim", "gen_channels", "disc_channels", "joint_hidden"))
         resolve_gan_training(self)
 
 
@@ -335,22 +325,13 @@ class VaeganLoss:
 
 
 @dataclass
-class VaeganConfig:
+class VaeganConfig(GanConfig):
     task: str = "vaegan"
-    seed: int = 0
-    data: GanData = field(default_factory=GanData)
     model: VaeganModel = field(default_factory=VaeganModel)
     loss: VaeganLoss = field(default_factory=VaeganLoss)
-    optim: TaskOptimConfig = field(default_factory=TaskOptimConfig)
-    trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
-        _check_common(self)
-        check_choice(self.loss.gan, GAN_LOSS_NAMES, "loss.gan")
-        _power_side(self.data.image_size, "data.image_size")
-        for key in ("latent_dim", "gen_channels", "disc_channels"):
-            check_positive(getattr(self.model, key), f"model.{key}")
+        _check_face_gan(self, ("latent_dim", "gen_channels", "disc_channels"))
         check_non_negative(self.loss, "loss", ("kl_weight", "rec_weight", "gamma", "adv_weight"))
         resolve_gan_training(self)
 
@@ -373,16 +354,12 @@ class IntrovaeLoss:
 
 
 @dataclass
-class IntrovaeConfig:
+class IntrovaeConfig(GanConfig):
     task: str = "introvae"
-    seed: int = 0
-    data: GanData = field(default_factory=GanData)
     model: IntrovaeModel = field(default_factory=IntrovaeModel)
     loss: IntrovaeLoss = field(default_factory=IntrovaeLoss)
     optim: TaskOptimConfig = field(default_factory=lambda: TaskOptimConfig(beta1=0.9,
                                                                            beta2=0.999))
-    trainer: TaskTrainerConfig = field(default_factory=TaskTrainerConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
         _check_common(self)
@@ -439,6 +416,16 @@ def check_non_negative(section: Any, name: str, keys: Sequence[str]) -> None:
         value = getattr(section, key)
         if value < 0:
             raise UserError(f"config key '{name}.{key}' must be >= 0, got {value}")
+
+
+def _check_face_gan(cfg: Any, model_keys: Sequence[str]) -> None:
+    """The checks every face GAN config (gan, bigan, vaegan) starts with: the common ones, a known
+    ``loss.gan``, ``data.image_size`` 4 x a power of two, and each ``model.<key>`` > 0."""
+    _check_common(cfg)
+    check_choice(cfg.loss.gan, GAN_LOSSES, "loss.gan")
+    _power_side(cfg.data.image_size, "data.image_size")
+    for key in model_keys:
+        check_positive(getattr(cfg.model, key), f"model.{key}")
 
 
 def _power_side(size: int, key: str) -> None:

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from backbone_ssl.data.signed import to_unit
 from backbone_ssl.errors import UserError
 from backbone_ssl.export import Encoder, resolve_encoder
 
@@ -51,7 +52,7 @@ class EncoderInput(nn.Module):
                 raise ValueError(f"encoder takes {self.input_size}px input, got {tuple(x.shape)}")
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False, antialias=True)
-        return ((x + 1.0) * 0.5 - self.mean) / self.std
+        return (to_unit(x, clamp=False) - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.normalise(x)).flatten(1)

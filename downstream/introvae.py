@@ -24,13 +24,11 @@ critic: augmenting its input would change the reconstruction target).
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 
 from backbone_ssl.nn.training import generator_step
 from downstream.config import IntrovaeConfig
-from downstream.gan import DCGANGenerator
-from downstream.latent import FaceEncoder, kl_per_sample, reparameterise
+from downstream.latent import LatentFaceModel, kl_per_sample, reparameterise
 from downstream.latent_run import run_latent_model
 
 
@@ -39,27 +37,13 @@ def reconstruction_loss(x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (x_rec - x).pow(2).flatten(1).sum(1).mean()
 
 
-class IntroVAE(pl.LightningModule):
+class IntroVAE(LatentFaceModel):
     """E (encoder and adversary) and G (decoder) with manual optimisation: one E step, then one
-    G step with E frozen, per batch."""
+    G step with E frozen, per batch. ``sample``: ``G(z_p)``, ``z_p ~ N(0, I)``; ``reconstruct``:
+    ``G(mu(x))`` (the posterior mean, no sampling)."""
 
     def __init__(self, cfg: IntrovaeConfig, encoder) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.automatic_optimization = False
-        m, d = cfg.model, cfg.data
-        self.encoder = FaceEncoder(encoder, m.latent_dim, variational=True,
-                                   finetune=m.finetune_encoder, resize=d.resize_to_encoder)
-        self.generator = DCGANGenerator(m.latent_dim, d.image_size, m.gen_channels)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` faces ``[n,3,S,S]`` from ``z_p ~ N(0, I)``."""
-        z = torch.randn(n, self.cfg.model.latent_dim, generator=generator).to(self.device)
-        return self.generator(z)
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """``G(mu(x))`` ``[B,3,S,S]`` (the posterior mean, no sampling)."""
-        return self.generator(self.encoder(x)[0])
+        super().__init__(cfg, encoder, variational=True)  # E gives (mu, logvar)
 
     def introspective(self) -> bool:
         """Whether the adversarial terms are on (after ``loss.vae_warmup_steps`` batches)."""

@@ -1,6 +1,7 @@
 """What the face autoencoding models (``downstream bigan``, ``vaegan``, ``introvae``) share:
-the face encoder E (an exported encoder, fine-tuned, plus a linear head to the latent), resume
-checks, the reconstruction grid and the common run skeleton.
+the face encoder E (an exported encoder, fine-tuned, plus a linear head to the latent), the
+module holding E and the DCGAN generator G (sampling, reconstruction, the critic-then-E+G step),
+resume checks, the reconstruction grid and the common run skeleton.
 
 Images are ``[B,3,S,S]`` in [-1, 1]; latents ``[B,L]``. KL and the reparameterisation trick live
 in :mod:`downstream.sequence` (one home) and are re-exported here for the VAE models.
@@ -9,20 +10,23 @@ in :mod:`downstream.sequence` (one home) and are re-exported here for the VAE mo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import yaml
 
 from backbone_ssl.errors import UserError
 from backbone_ssl.export import Encoder
+from backbone_ssl.nn.training import critic_loss, generator_step, train_critic
 from backbone_ssl.runlog import truncate_metrics
 from downstream.encoder import EncoderInput
+from downstream.gan import DCGANGenerator
 from downstream.runs import save_image_grid
 from downstream.sequence import kl_divergence, kl_per_sample, reparameterise
 
-__all__ = ["FaceEncoder", "check_resume", "kl_divergence", "kl_per_sample",
+__all__ = ["FaceEncoder", "LatentFaceModel", "check_resume", "kl_divergence", "kl_per_sample",
            "reconstruction_grid", "reparameterise"]
 
 
@@ -58,6 +62,67 @@ class FaceEncoder(nn.Module):
         if backbone:
             groups.append({"params": backbone, "lr": encoder_lr})
         return groups
+
+
+class LatentFaceModel(pl.LightningModule):
+    """E (:class:`FaceEncoder`) and the DCGAN generator G of a face model, trained with manual
+    optimisation; the task adds its critic and losses.
+
+    ``cfg`` has ``model.latent_dim``, ``model.gen_channels``, ``model.finetune_encoder``,
+    ``data.image_size``, ``data.resize_to_encoder``, ``optim`` and ``loss``.
+    """
+
+    def __init__(self, cfg: Any, encoder: Encoder, *, variational: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.automatic_optimization = False
+        m, d = cfg.model, cfg.data
+        self.encoder = FaceEncoder(encoder, m.latent_dim, variational=variational,
+                                   finetune=m.finetune_encoder, resize=d.resize_to_encoder)
+        self.generator = DCGANGenerator(m.latent_dim, d.image_size, m.gen_channels)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` faces ``[n,3,S,S]`` from ``z ~ N(0, I)``."""
+        z = torch.randn(n, self.cfg.model.latent_dim, generator=generator).to(self.device)
+        return self.generator(z)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``G(E(x))`` ``[B,3,S,S]``; a variational E gives its posterior mean (no sampling)."""
+        z = self.encoder(x)
+        return self.generator(z[0] if self.encoder.variational else z)
+
+    def critic_then_encoder_generator(
+        self, batch, draw: Callable[[torch.Tensor], tuple[Any, Any]],
+        eg_loss: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        """One training step: ``loss.n_critic`` critic steps, each on its own chunk of the batch
+        (``draw(chunk) -> (real, fake)`` critic inputs, made without gradients), then one E+G
+        step on ``eg_loss(first chunk)`` with the critic frozen. Logs ``train/d_loss`` and
+        ``train/eg_loss``. Needs ``self.discriminator`` and :meth:`critic_optimizers`."""
+        lo = self.cfg.loss
+        reals = batch[0].chunk(lo.n_critic)
+        opt_eg, opt_d = self.optimizers()
+        d = self.discriminator
+
+        def draw_chunk(i: int):
+            with torch.no_grad():
+                return draw(reals[i])
+
+        d_loss = train_critic(opt_d, len(reals), draw_chunk,
+                              lambda r, f: critic_loss(lo.gan, d, r, f, lo.gp_weight,
+                                                       lo.r1_weight), self.manual_backward)
+        g_loss = generator_step(opt_eg, lambda: eg_loss(reals[0]), [opt_d], self.manual_backward)
+        self.log_dict({"train/d_loss": d_loss, "train/eg_loss": g_loss}, prog_bar=True)
+
+    def critic_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Adam for E+G (G and E's head at ``optim.lr``, a fine-tuned backbone at
+        ``optim.encoder_lr``) and Adam for ``self.discriminator`` at ``optim.lr``."""
+        o = self.cfg.optim
+        kw = {"betas": (o.beta1, o.beta2), "weight_decay": o.weight_decay}
+        eg = [{"params": list(self.generator.parameters()), "lr": o.lr},
+              *self.encoder.param_groups(o.lr, o.encoder_lr)]
+        return [torch.optim.Adam(eg, **kw),
+                torch.optim.Adam(self.discriminator.parameters(), lr=o.lr, **kw)]
 
 
 #: model keys that must match between a run folder and the config that resumes it

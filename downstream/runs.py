@@ -19,6 +19,7 @@ import yaml
 
 from backbone_ssl.config import resolve_precision, to_yaml
 from backbone_ssl.curves import plot_curves
+from backbone_ssl.data.signed import to_unit
 from backbone_ssl.io import atomic_path, write_json_atomic, write_text_atomic
 from backbone_ssl.runlog import RunCSVLogger
 
@@ -161,7 +162,7 @@ def save_image_grid(rows: Sequence[Sequence[torch.Tensor]], titles: Sequence[str
     for i, row in enumerate(rows):
         for j, img in enumerate(row):
             ax = fig.add_subplot(n_rows, n_cols, i * n_cols + j + 1)
-            arr = ((img.detach().float().cpu() + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()
+            arr = to_unit(img.detach().float().cpu()).permute(1, 2, 0).numpy()
             ax.imshow(arr)
             ax.set_xticks([])
             ax.set_yticks([])

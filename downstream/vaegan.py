@@ -23,17 +23,14 @@ KID and FD of ``x_p`` against real faces come from :func:`downstream.facegan.eva
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 
 from backbone_ssl.nn.critics import ConvDiscriminator
 from backbone_ssl.nn.diffaugment import AugmentedCritic
 from backbone_ssl.nn.gan_losses import generator_loss
-from backbone_ssl.nn.training import critic_loss, generator_step, train_critic
 from downstream.config import VaeganConfig
-from downstream.gan import DCGANGenerator
 from downstream.latent import (
-    FaceEncoder,
+    LatentFaceModel,
     kl_divergence,
     reparameterise,
 )
@@ -49,29 +46,16 @@ def feature_loss(dis: ConvDiscriminator, x: torch.Tensor, x_rec: torch.Tensor) -
     return (dis.features(x_rec) - target).pow(2).flatten(1).sum(1).mean()
 
 
-class VAEGAN(pl.LightningModule):
+class VAEGAN(LatentFaceModel):
     """Enc, Dec and Dis trained with manual optimisation: ``n_critic`` Dis steps, then one
-    Enc+Dec step with Dis frozen."""
+    Enc+Dec step with Dis frozen. ``sample``: ``Dec(z_p)``, ``z_p ~ N(0, I)``;
+    ``reconstruct``: ``Dec(mu(x))`` (the posterior mean, no sampling)."""
 
     def __init__(self, cfg: VaeganConfig, encoder) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.automatic_optimization = False
+        super().__init__(cfg, encoder, variational=True)
         m, d = cfg.model, cfg.data
-        self.encoder = FaceEncoder(encoder, m.latent_dim, variational=True,
-                                   finetune=m.finetune_encoder, resize=d.resize_to_encoder)
-        self.generator = DCGANGenerator(m.latent_dim, d.image_size, m.gen_channels)
         self.dis = ConvDiscriminator(d.image_size, width=m.disc_channels)
         self.discriminator = AugmentedCritic(self.dis, m.diffaugment)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` faces ``[n,3,S,S]`` from ``z_p ~ N(0, I)``."""
-        z = torch.randn(n, self.cfg.model.latent_dim, generator=generator).to(self.device)
-        return self.generator(z)
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """``Dec(mu(x))`` ``[B,3,S,S]`` (the posterior mean, no sampling)."""
-        return self.generator(self.encoder(x)[0])
 
     def fakes(self, real: torch.Tensor) -> torch.Tensor:
         """The critic's fakes for a batch of faces ``[B,3,S,S]``: the first half ``x~``
@@ -100,36 +84,18 @@ class VAEGAN(pl.LightningModule):
         return loss, {"kl": kl.detach(), "llike": llike.detach(), "adv": adv.detach()}
 
     def training_step(self, batch, batch_idx: int) -> None:
-        lo = self.cfg.loss
-        reals = batch[0].chunk(lo.n_critic)
-        opt_eg, opt_d = self.optimizers()
-        d = self.discriminator
-
-        def draw(i: int):
-            with torch.no_grad():
-                return reals[i], self.fakes(reals[i])
-
-        d_loss = train_critic(opt_d, len(reals), draw,
-                              lambda r, f: critic_loss(lo.gan, d, r, f, lo.gp_weight,
-                                                       lo.r1_weight), self.manual_backward)
         terms: dict = {}
 
-        def eg_loss() -> torch.Tensor:
-            loss, t = self.encoder_decoder_loss(reals[0])
+        def eg_loss(x: torch.Tensor) -> torch.Tensor:
+            loss, t = self.encoder_decoder_loss(x)
             terms.update(t)
             return loss
 
-        g_loss = generator_step(opt_eg, eg_loss, [opt_d], self.manual_backward)
-        self.log_dict({"train/d_loss": d_loss, "train/eg_loss": g_loss}, prog_bar=True)
+        self.critic_then_encoder_generator(batch, lambda x: (x, self.fakes(x)), eg_loss)
         self.log_dict({f"train/{k}": v for k, v in terms.items()})
 
     def configure_optimizers(self):
-        o = self.cfg.optim
-        kw = {"betas": (o.beta1, o.beta2), "weight_decay": o.weight_decay}
-        eg = [{"params": list(self.generator.parameters()), "lr": o.lr},
-              *self.encoder.param_groups(o.lr, o.encoder_lr)]
-        return [torch.optim.Adam(eg, **kw),
-                torch.optim.Adam(self.discriminator.parameters(), lr=o.lr, **kw)]
+        return self.critic_optimizers()
 
 
 def run_vaegan(cfg: VaeganConfig, encoder_spec: str, run_dir: str, resume: bool = False) -> dict:

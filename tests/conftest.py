@@ -14,10 +14,11 @@ torch.set_num_threads(2)
 
 def draw_identity_folder(root: Path, identities: int = 4, per_identity: int = 6, size: int = 32,
                          seed: int = 0) -> Path:
-    """``root/id_k/img_j.png``: each identity a distinct shape+colour, jittered per image."""
+    """``root/id_k/img_j.png``: each identity a shape+colour, jittered per image (the first 8
+    identities are all distinct; colours repeat after that)."""
     rng = np.random.default_rng(seed)
     colours = [(220, 40, 40), (40, 180, 60), (40, 60, 220), (230, 200, 30), (160, 40, 200),
-               (30, 200, 200)]
+               (30, 200, 200), (240, 130, 20), (150, 150, 150)]
     for k in range(identities):
         d = root / f"id_{k}"
         d.mkdir(parents=True, exist_ok=True)

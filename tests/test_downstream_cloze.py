@@ -20,6 +20,7 @@ from downstream import run_downstream
 from downstream.cloze import load_sequences, paste_faces
 from downstream.config import ClozeConfig
 from downstream.encoder import EncoderInput
+from downstream.metrics import image_quality
 from downstream.sequence import PanelSequenceEncoder, kl_divergence
 
 FAST = ["data.panel_size=32", "data.face_size=32", "data.batch_size=4", "model.embed_dim=16",
@@ -89,9 +90,38 @@ def _run(prep, out, spec, extra=()):
     return report
 
 
-def test_end_to_end_random_encoder(prep, tmp_path):
-    r = _run(prep, tmp_path / "r", "random:resnet10t")
-    assert r["encoder"]["method"] == "random" and r["model"]["sequence"] == "lstm"
+def _twin_book_prep(root):
+    """A prepare output of two identical books (book 1 is a copy of book 0): whichever is held
+    out, the held-out faces are the training faces."""
+    comics = root / "comics"
+    write_toy_comics(comics, books=1, pages=2, seed=0)
+    shutil.copytree(comics / "raw_panel_images" / "0", comics / "raw_panel_images" / "1")
+    boxes = (comics / "face_annotations" / "0.txt").read_text()
+    (comics / "face_annotations" / "1.txt").write_text(boxes.replace("0/", "1/"))
+    prepare(comics / "raw_panel_images", comics / "face_annotations", root / "prep", min_face=16)
+    return root / "prep"
+
+
+def test_end_to_end_random_encoder_learns_the_faces_of_a_seen_book(tmp_path):
+    """L1 training on a book, evaluation on its copy: the model must reproduce the faces it saw
+    far better than a blank (all-zero) face does; a generator that does not train, or an
+    evaluation that compares with the wrong faces, stays near the blank face."""
+    prep = _twin_book_prep(tmp_path)
+    out = tmp_path / "r"
+    report = run_downstream("cloze", encoder="random:resnet10t", data=str(prep), out=str(out),
+                            overrides=[*FAST, "trainer.max_steps=100", "optim.lr=0.003",
+                                       "loss.local_weight=0", "loss.global_weight=0",
+                                       "model.vae=false"])
+    assert json.loads((out / "report.json").read_text()) == report
+    assert report["encoder"]["method"] == "random" and report["model"]["sequence"] == "lstm"
+    assert report["budget"]["steps"] == 100 and report["data"]["test_books"] == 1
+    cfg = load_config(ClozeConfig, "cloze", None, FAST, data__path=str(prep))
+    test = load_sequences(cfg, "test")
+    faces = torch.stack([test[i]["face"] for i in range(report["metrics"]["eval_sequences"])])
+    blank = image_quality(torch.zeros_like(faces), faces)
+    m = report["metrics"]
+    assert m["l1"] < 0.6 * blank["l1"], (m, blank)
+    assert m["psnr"] > blank["psnr"] + 3 and m["ssim"] > blank["ssim"] + 0.2, (m, blank)
 
 
 def test_end_to_end_exported_encoder_resized_bilstm_wgan(prep, tmp_path):

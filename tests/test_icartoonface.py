@@ -9,13 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch import nn
 
 from backbone_ssl.cli import main
 from backbone_ssl.data.icartoonface import TEST_SUBDIR, TestImages, read_test, train_dataset
 from backbone_ssl.data.toy import write_toy_faces
 from backbone_ssl.errors import UserError
-from backbone_ssl.evaluation.icartoonface import rank1_hits
+from backbone_ssl.evaluation.icartoonface import icartoonface_rank1, rank1_hits
+from backbone_ssl.export import Encoder, freeze
 
 FAST_TRAIN = ["trainer.enable_progress_bar=false", "data.num_workers=0", "model.arch=resnet10t",
               "data.image_size=32", "data.batch_size=8"]
@@ -32,6 +35,44 @@ def test_rank1_hand_made_features():
     tie = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
     assert rank1_hits(tie, [(0, 1)], [2]).tolist() == [False]
     assert rank1_hits(feats, [(4, 2)], [4, 5]).tolist() == [True]
+
+
+class _MeanColour(nn.Module):
+    """``[B,3,H,W] -> [B,3]``: the mean colour, so cosine similarities can be worked by hand."""
+
+    num_features = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))
+
+
+def test_rank1_protocol_end_to_end_known_answer(tmp_path):
+    """Reader -> crops -> embedding -> protocol on a hand-made layout whose answer is worked out
+    by hand from mean colours: probe/mate A (red) and C (blue) score; B's mate (a duller green)
+    is beaten by distractor D1, whose box is a purer green. D1 is yellow outside its box: an
+    uncropped D1 would lose to B's mate (rank-1 1.0), so the 2/3 also needs the crops."""
+    test = tmp_path / TEST_SUBDIR
+    test.mkdir(parents=True)
+    box = (10, 10, 30, 30)
+    images = {  # name: (box colour, outside colour, label)
+        "pa.png": ((200, 30, 30), (0, 0, 0), 1), "ma.png": ((190, 40, 40), (0, 0, 0), 1),
+        "pb.png": ((30, 200, 30), (0, 0, 0), 2), "mb.png": ((60, 160, 90), (0, 0, 0), 2),
+        "pc.png": ((30, 30, 200), (0, 0, 0), 3), "mc.png": ((40, 40, 180), (0, 0, 0), 3),
+        "d1.png": ((40, 190, 50), (230, 200, 30), -1),
+    }
+    rows = []
+    for name, (inside, outside, label) in images.items():
+        im = Image.new("RGB", (40, 40), outside)
+        im.paste(inside, box)
+        im.save(test / name)
+        rows.append(f"{name} {' '.join(map(str, box))} {label}")
+    Image.new("RGB", (40, 40), (255, 255, 255)).save(test / "d2.png")  # white, whole image
+    rows += ["d2.png -1 -1 -1 -1 -1", "pa.png ma.png", "pb.png mb.png", "pc.png mc.png"]
+    (test.parent / "icartoonface_rectest_info.txt").write_text("\n".join(rows) + "\n")
+    enc = Encoder(module=freeze(_MeanColour()), arch="mean-colour", input_size=8,
+                  mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    result = icartoonface_rank1(enc, tmp_path, batch_size=3)
+    assert result == {"rank1": pytest.approx(2 / 3), "probes": 3, "images": 8, "distractors": 2}
 
 
 def _write_layout(root: Path, info_at_inner: bool) -> None:
@@ -78,8 +119,8 @@ def test_reader_parses_crops_and_counts(tmp_path, info_at_inner):
 @pytest.mark.slow
 def test_eval_cli_on_toy_faces_random_and_pretrained(tmp_path):
     root = tmp_path / "faces"
-    write_toy_faces(root, identities=6, per_identity=4, size=32, test_identities=4,
-                    distractors=8)
+    info = write_toy_faces(root, identities=6, per_identity=4, size=32, test_identities=4,
+                           distractors=8)
     out = tmp_path / "eval"
     assert main(["eval", "--encoder", "random:resnet10t", "--icartoonface", str(root),
                  "--out", str(out), "--baseline"]) == 0
@@ -88,7 +129,7 @@ def test_eval_cli_on_toy_faces_random_and_pretrained(tmp_path):
     pairs = sum(1 for ln in (root / "personai_icartoonface_rectest/icartoonface_rectest_info.txt")
                 .read_text().splitlines() if len(ln.split()) == 2)
     assert 0.0 <= icf["rank1"] <= 1.0 and icf["probes"] == pairs > 0
-    assert icf["rank1"] * icf["probes"] == pytest.approx(round(icf["rank1"] * icf["probes"]))
+    assert icf["distractors"] == 8 and icf["images"] == info["test_probe_images"] + 8
     assert report["encoder"]["arch"] == "resnet10t"
     assert 0.0 <= report["baseline"]["icartoonface"]["rank1"] <= 1.0
     pix = report["pixels"]

@@ -34,6 +34,12 @@ def test_signed_conversions_round_trip_and_match_torchvision():
     assert torch.allclose(to_unit(to_signed(img)), TF.to_tensor(img), atol=1e-6)
     assert torch.equal(to_unit(torch.tensor([-3.0, -1.0, 0.0, 1.0, 2.0])),
                        torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+    # unclamped (an encoder's input after DiffAugment): values and gradients pass unchanged
+    x = torch.tensor([-3.0, -1.0, 0.0, 1.0, 2.0], requires_grad=True)
+    y = to_unit(x, clamp=False)
+    y.sum().backward()
+    assert torch.equal(y.detach(), torch.tensor([-1.0, 0.0, 0.5, 1.0, 1.5]))
+    assert torch.equal(x.grad, torch.full((5,), 0.5))
 
 
 def test_first_decodable_skips_broken_samples_and_wraps_around():

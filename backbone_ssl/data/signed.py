@@ -29,6 +29,11 @@ def signed_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
     return partial(to_signed, size=size)
 
 
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """``[...]`` in [-1, 1] -> [0, 1], clamped (differentiable; detach first for metrics)."""
-    return ((x + 1.0) * 0.5).clamp(0.0, 1.0)
+def to_unit(x: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """``[...]`` in [-1, 1] -> [0, 1] (differentiable; detach first for metrics).
+
+    ``clamp`` (default) clips to [0, 1] for metrics and plots; ``clamp=False`` is the plain affine
+    map ``(x + 1) / 2``, for inputs that may leave [-1, 1] on purpose (DiffAugment's colour shifts
+    before an encoder's normalisation), whose values and gradients must pass unchanged."""
+    y = (x + 1.0) * 0.5
+    return y.clamp(0.0, 1.0) if clamp else y

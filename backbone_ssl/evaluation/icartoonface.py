@@ -92,18 +92,15 @@ def run_icartoonface_eval(
         write_report(out_dir, {"encoder": info, **report})
     result = icartoonface_rank1(encoder, root, batch_size)
     report = merge_section(out_dir, "icartoonface", result)
-    if baseline is not None:
-        base = dict(report.get("baseline") or {})
-        if base.get("arch", baseline.arch) != baseline.arch:
-            base = {}
-        base["arch"] = baseline.arch
-        base["icartoonface"] = icartoonface_rank1(baseline, root, batch_size)
-        report = merge_section(out_dir, "baseline", base)
-    if pixels is not None:
-        pix = dict(report.get("pixels") or {})
-        if pix.get("size", pixels.input_size) != pixels.input_size:
-            pix = {}
-        pix["size"] = pixels.input_size
-        pix["icartoonface"] = icartoonface_rank1(pixels, root, batch_size)
-        report = merge_section(out_dir, "pixels", pix)
+    # a baseline section keeps its other results only when it is of the same baseline
+    for name, enc, key, value in (("baseline", baseline, "arch", lambda e: e.arch),
+                                  ("pixels", pixels, "size", lambda e: e.input_size)):
+        if enc is None:
+            continue
+        section = dict(report.get(name) or {})
+        if section.get(key, value(enc)) != value(enc):
+            section = {}
+        section[key] = value(enc)
+        section["icartoonface"] = icartoonface_rank1(enc, root, batch_size)
+        report = merge_section(out_dir, name, section)
     return report

@@ -23,15 +23,13 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torchvision.transforms as T
 from pytorch_metric_learning.losses import ArcFaceLoss, CosFaceLoss
 from torch.utils.data import Dataset, Subset
 
 from backbone_ssl.config import RunConfig, check_choice, check_positive
 from backbone_ssl.data.datasets import ImageFolderDataset, resolve_image_root
-from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.errors import UserError
-from backbone_ssl.methods.supervised import SupervisedMethod
+from backbone_ssl.methods.supervised import SupervisedMethod, augmented_view
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +100,9 @@ class Identity(SupervisedMethod):
 
     def train_transform(self) -> Callable:
         """PIL face -> augmented normalised ``[3,S,S]`` (random resized crop, flip, jitter)."""
-        i, size = self.cfg.identity, self.cfg.data.image_size
-        ops: list[Callable] = [
-            T.RandomResizedCrop(size, scale=(i.min_scale, 1.0),
-                                interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(i.hflip_prob),
-        ]
-        if i.cj_strength > 0:
-            ops.append(T.ColorJitter(brightness=i.cj_strength, contrast=i.cj_strength))
-        ops += [T.ToTensor(), T.Normalize(list(DEFAULT_MEAN), list(DEFAULT_STD))]
-        return T.Compose(ops)
+        i = self.cfg.identity
+        return augmented_view(self.cfg.data.image_size, i.min_scale, i.hflip_prob,
+                              {"brightness": i.cj_strength, "contrast": i.cj_strength})
 
     def train_dataset(self) -> Dataset:
         """``(image [3,S,S], identity)`` for every image (the first ``data.max_images``)."""

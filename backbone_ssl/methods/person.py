@@ -24,21 +24,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision.transforms as T
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 
 from backbone_ssl.config import DataConfig, ModelConfig, RunConfig
-from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
+from backbone_ssl.curves import save_pyplot
 from backbone_ssl.errors import UserError
-from backbone_ssl.io import atomic_path
-from backbone_ssl.methods.supervised import SupervisedMethod
+from backbone_ssl.methods.supervised import SupervisedMethod, augmented_view
 from backbone_ssl.methods.support import plots_dir, should_validate
 
 log = logging.getLogger(__name__)
@@ -122,10 +121,7 @@ def plot_confusion(matrix: np.ndarray, out_png: Any, title: str) -> None:
     ConfusionMatrixDisplay(matrix, display_labels=list(CLASS_NAMES)).plot(
         ax=ax, colorbar=False, values_format="d")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_pyplot(fig, Path(out_png))
 
 
 class Person(SupervisedMethod):
@@ -141,17 +137,9 @@ class Person(SupervisedMethod):
 
     def train_transform(self) -> Callable:
         """PIL panel -> augmented normalised ``[3,S,S]`` (random resized crop, flip, jitter)."""
-        p, size = self.cfg.person, self.cfg.data.image_size
-        ops: list[Callable] = [
-            T.RandomResizedCrop(size, scale=(p.min_scale, 1.0),
-                                interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(p.hflip_prob),
-        ]
-        if p.cj_strength > 0:
-            s = p.cj_strength
-            ops.append(T.ColorJitter(brightness=s, contrast=s, saturation=s))
-        ops += [T.ToTensor(), T.Normalize(list(DEFAULT_MEAN), list(DEFAULT_STD))]
-        return T.Compose(ops)
+        p, s = self.cfg.person, self.cfg.person.cj_strength
+        return augmented_view(self.cfg.data.image_size, p.min_scale, p.hflip_prob,
+                              {"brightness": s, "contrast": s, "saturation": s})
 
     def train_dataset(self) -> Dataset:
         """Training panels (class-balanced draws); also builds the held-out books' panels."""

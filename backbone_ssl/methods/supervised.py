@@ -11,8 +11,27 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torchvision.transforms as T
 
+from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.methods.base import PretrainMethod
+
+
+def augmented_view(size: int, min_scale: float, hflip_prob: float,
+                   jitter: dict[str, float]) -> Callable:
+    """The one-view training transform of the supervised methods: PIL -> normalised
+    ``[3,size,size]`` (toolkit mean/std) after a random resized crop (bicubic, area in
+    ``[min_scale, 1]``), a horizontal flip and, when any factor of ``jitter`` (``ColorJitter``
+    keyword arguments) is > 0, colour jitter."""
+    ops: list[Callable] = [
+        T.RandomResizedCrop(size, scale=(min_scale, 1.0),
+                            interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(hflip_prob),
+    ]
+    if any(v > 0 for v in jitter.values()):
+        ops.append(T.ColorJitter(**jitter))
+    ops += [T.ToTensor(), T.Normalize(list(DEFAULT_MEAN), list(DEFAULT_STD))]
+    return T.Compose(ops)
 
 
 class SupervisedMethod(PretrainMethod):
