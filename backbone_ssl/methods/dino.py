@@ -20,7 +20,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.transforms.dino_transform import DINOTransform
 from lightly.utils.scheduler import linear_warmup_schedule
 
-from backbone_ssl.config import ExportConfig, RunConfig
+from backbone_ssl.config import DataConfig, ExportConfig, OptimConfig, RunConfig
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.errors import UserError
 from backbone_ssl.methods.base import SSLMethod
@@ -32,8 +32,8 @@ class DINOSection:
 
     hidden_dim: int = 512  # projection MLP width (paper: 2048)
     bottleneck_dim: int = 128  # before the weight-normalised last layer (paper: 256)
-    output_dim: int = 2048  # prototypes K (paper: 65536)
-    batch_norm_head: bool = False
+    output_dim: int = 1024  # prototypes K (paper: 65536)
+    batch_norm_head: bool = True  # issue 18: with a BN head and a faster teacher it does not collapse
     norm_last_layer: bool = True
     freeze_last_layer_epochs: int = 1  # last layer frozen during the first N epochs
     student_temp: float = 0.1
@@ -41,28 +41,34 @@ class DINOSection:
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_fraction: float = 0.3  # fraction of steps for the teacher temp warm-up
     center_momentum: float = 0.9
-    momentum_start: float = 0.996  # teacher EMA momentum, cosine to momentum_end
-    momentum_end: float = 1.0
+    # teacher EMA momentum, cosine to momentum_end (paper 0.996 -> 1 over hundreds of epochs; at
+    # CPU budgets that teacher stays at its random init and the output goes uniform: issue 18)
+    momentum_start: float = 0.95
+    momentum_end: float = 0.995
     n_local_views: int = 2  # local crops per image: each costs a forward+backward (CPU: keep low)
     local_crop_size: int = 32
-    global_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    global_crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     local_crop_scale: list[float] = field(default_factory=lambda: [0.1, 0.4])
     hf_prob: float = 0.5
     rr_prob: float = 0.5  # random rotation (comic faces tilt)
     rr_degrees: float = 20.0
     cj_strength: float = 0.5
-    cj_hue: float = 0.1  # hue jitter before x cj_strength (hair and skin colour carry identity)
-    cj_sat: float = 0.4  # saturation jitter before x cj_strength (lightly's default)
-    random_gray_scale: float = 0.2  # grey-scale probability (lightly's default; colour is identity)
+    cj_hue: float = 0.04  # hue jitter before x cj_strength (hair and skin colour carry identity)
+    cj_sat: float = 0.2  # saturation jitter before x cj_strength (lightly's default 0.4)
+    random_gray_scale: float = 0.02  # grey-scale probability (lightly's 0.2; colour is identity)
     gaussian_blur: list[float] = field(default_factory=lambda: [1.0, 0.1, 0.5])  # p: g1, g2, local
-    sigmas: list[float] = field(default_factory=lambda: [0.1, 0.6])  # paper (0.1, 2) is for 224 px
-    solarization_prob: float = 0.2
+    sigmas: list[float] = field(default_factory=lambda: [0.1, 0.3])  # paper (0.1, 2) is for 224 px
+    solarization_prob: float = 0.0
 
 
 @dataclass
 class DINOConfig(RunConfig):
     method: str = "dino"
     dino: DINOSection = field(default_factory=DINOSection)
+    # issue 18 (configs/dino.yaml, docs/COLLAPSE.md): context swap against background matching,
+    # and a higher peak lr, measured with the faster teacher above
+    data: DataConfig = field(default_factory=lambda: DataConfig(context_swap=0.8))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.003))
     # the paper evaluates the EMA teacher: export it and let the kNN monitor measure it
     export: ExportConfig = field(default_factory=lambda: ExportConfig(network="teacher"))
 
