@@ -33,7 +33,7 @@ class DINOSection:
     hidden_dim: int = 512  # projection MLP width (paper: 2048)
     bottleneck_dim: int = 128  # before the weight-normalised last layer (paper: 256)
     output_dim: int = 1024  # prototypes K (paper: 65536)
-    batch_norm_head: bool = True  # issue 18: with a BN head and a faster teacher it does not collapse
+    batch_norm_head: bool = True  # issue 18: BN head + faster teacher: no collapse
     norm_last_layer: bool = True
     freeze_last_layer_epochs: int = 1  # last layer frozen during the first N epochs
     student_temp: float = 0.1
