@@ -295,11 +295,21 @@ class SSLMethod(PretrainMethod):
         """EMA momentum for the current step: lightly's cosine schedule from start to end."""
         return cosine_schedule(self.global_step, self.total_steps, start, end)
 
+    def step_generator(self, device: torch.device) -> torch.Generator:
+        """A random generator seeded from (``seed``, global step, process rank): randomness drawn
+        inside the step (context swap) is the same after a resume as in an uninterrupted run
+        (the global torch RNG is not in the checkpoint), and differs between DDP processes."""
+        gen = torch.Generator(device=device)
+        gen.manual_seed((int(self.cfg.seed) + 1) * 1_000_003 + int(self.global_step) * 7_919
+                        + int(self.global_rank))
+        return gen
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         views, _labels, _skipped = batch  # skipped: counted in on_before_batch_transfer
         if self.cfg.data.context_swap > 0:
             views = context_swap(views, self.cfg.data.context_swap,
-                                 self.cfg.data.context_swap_radius)
+                                 self.cfg.data.context_swap_radius,
+                                 generator=self.step_generator(views[0].device))
         loss, embeddings = self.ssl_step(views)
         self.loss_guard.observe(loss, self.global_step)
         bs = views[0].shape[0]
