@@ -311,8 +311,8 @@ def run_compare(args: argparse.Namespace) -> str:
     """Everything: data, one pretraining run per method, the evaluations beside random init and
     raw pixels, the table. Returns markdown."""
     from backbone_ssl.export import resolve_encoder
+    from backbone_ssl.outdir import prepare_out_dir
 
-    out = Path(args.out)
     known = registered_methods()
     methods = [m.strip() for m in (args.methods or ",".join(known)).split(",") if m.strip()]
     unknown = [m for m in methods if m not in known]
@@ -323,6 +323,8 @@ def run_compare(args: argparse.Namespace) -> str:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     if args.minutes is not None and args.minutes <= 0:
         raise UserError(f"--minutes must be > 0, got {args.minutes}")
+    # a folder this command did not write (no compare marker) is refused, never overwritten
+    out = prepare_out_dir(args.out, "compare")
     faces, prep = prepare_data(out / "data", args.identities, args.per_identity, args.books,
                                args.pages, args.seed)
     train_dir, test_dir = faces / "split" / "train", faces / "split" / "test"
