@@ -40,6 +40,13 @@ class DataConfig:
     # another image of the batch (data/context_swap.py), and the disk radius range (half-sides)
     context_swap: float = 0.0
     context_swap_radius: list[float] = field(default_factory=lambda: [0.55, 0.8])
+    # SSL views on a `golden prepare` output: probability that view 1 comes from another face of
+    # the same book at most `sequence_window` panels away, kept when the two are mutual nearest
+    # neighbours in the current embedding (`sequence_mutual_nn`; refreshed every epoch) -
+    # data/sequence_positives.py
+    sequence_positives: float = 0.0
+    sequence_window: int = 2
+    sequence_mutual_nn: bool = True
 
 
 @dataclass
@@ -330,6 +337,11 @@ def validate_shared(cfg: RunConfig) -> None:
     check_range(d.val_every_n_epochs, "data.val_every_n_epochs", 1)
     check_range(d.max_images, "data.max_images", 1, allow=(None,))
     check_range(d.context_swap, "data.context_swap", 0, 1)
+    check_range(d.sequence_positives, "data.sequence_positives", 0, 1)
+    check_range(d.sequence_window, "data.sequence_window", 1)
+    if d.sequence_positives > 0 and (d.cache or d.batch_augment):
+        raise UserError("data.sequence_positives works on the plain data path: set "
+                        "data.cache=false and data.batch_augment=false")
     if len(d.context_swap_radius) != 2 or not 0 < d.context_swap_radius[0] <= \
             d.context_swap_radius[1] <= 1.5:
         raise UserError("config key 'data.context_swap_radius' takes two numbers "

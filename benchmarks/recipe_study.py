@@ -73,7 +73,8 @@ def make_data(root: Path) -> dict[str, Path]:
     fbc = faces_by_character(root / "comics")
     split = faces / "split"
     return {"train": split / "train", "val": split / "val", "test": split / "test",
-            "fbc_train": fbc / "train", "fbc_val": fbc / "val", "fbc_test": fbc / "test"}
+            "prep": fbc.parent, "fbc_train": fbc / "train", "fbc_val": fbc / "val",
+            "fbc_test": fbc / "test"}
 
 
 def knn_top1(encoder, gallery: Path, queries: Path) -> dict:
@@ -97,12 +98,16 @@ def score(encoder, data: dict[str, Path], split: str) -> dict:
 
 
 def run_variant(name: str, seed: int, steps: int, root: Path,
-                data: dict[str, Path], split: str, extra: list[str], tag: str) -> dict:
+                data: dict[str, Path], split: str, extra: list[str], tag: str,
+                pretrain_on: str = "faces") -> dict:
     from backbone_ssl.export import resolve_encoder
     from backbone_ssl.train import pretrain
 
     method, cfg_file, base = VARIANTS[name]
-    label = f"{name}{'-' + tag if tag else ''}"
+    label = f"{name}{'-' + tag if tag else ''}{'-comics' if pretrain_on == 'comics' else ''}"
+    # faces: toy faces split/train; comics: the toy comics' `golden prepare` output (its faces/,
+    # the only data with book / panel order, which data.sequence_positives needs)
+    train_data = data["train"] if pretrain_on == "faces" else data["prep"]
     run = root / "runs" / f"{label}-s{seed}-{steps}-{split}"
     if run.exists():  # replace only a run this script's pretrain wrote (it holds the marker)
         if not (run / ".backbone-ssl-output.json").is_file():
@@ -110,7 +115,7 @@ def run_variant(name: str, seed: int, steps: int, root: Path,
         shutil.rmtree(run)
     budget = [f"trainer.max_steps={steps}"]
     t0 = time.perf_counter()
-    res = pretrain(method, config_file=str(REPO / cfg_file), data=str(data["train"]),
+    res = pretrain(method, config_file=str(REPO / cfg_file), data=str(train_data),
                    out=str(run),
                    overrides=[f"seed={seed}", *budget, "trainer.max_epochs=-1",
                               "trainer.enable_progress_bar=false",
@@ -125,7 +130,7 @@ def run_variant(name: str, seed: int, steps: int, root: Path,
             "pretrain_s": round(res.seconds, 1), "wall_s": round(wall, 1),
             "images_per_s": round(res.images_per_second, 1), **scores,
             **collapse_signals(run / "metrics.csv"),
-            "overrides": base + extra, "config": cfg_file}
+            "overrides": base + extra, "config": cfg_file, "pretrain_on": pretrain_on}
 
 
 #: the collapse monitor's logged signals (issue 18), first and last logged value of each
@@ -197,6 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tag", default="", help="label for the --set overrides")
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--pretrain-on", choices=("faces", "comics"), default="faces",
+                   help="faces: toy faces split/train; comics: the toy comics' golden prepare "
+                        "output (for data.sequence_positives)")
     p.add_argument("--baselines", action="store_true", help="score pixels and random init")
     p.add_argument("--table", action="store_true",
                    help="print ROOT/results.jsonl as a markdown table (mean +- std over seeds)")
@@ -228,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.variant:
         for seed in args.seeds:
             emit(run_variant(name, seed, args.steps, root, data, split,
-                             args.set, args.tag))
+                             args.set, args.tag, args.pretrain_on))
 
 
 if __name__ == "__main__":

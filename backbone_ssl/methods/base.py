@@ -20,7 +20,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import pytorch_lightning as pl
@@ -40,6 +42,8 @@ from backbone_ssl.methods.support import (
     FiniteLossGuard,
     NonFiniteLossError,  # noqa: F401 - re-exported: cli, checkpointing, search import it here
 )
+
+log = logging.getLogger(__name__)
 
 
 def load_initial_weights(backbone: nn.Module, source: str) -> None:
@@ -260,6 +264,16 @@ class SSLMethod(PretrainMethod):
         """
         images = ImageFolderDataset(resolve_image_root(self.cfg.data.path))
         data = self.cfg.data
+        if data.sequence_positives > 0:  # faces of nearby panels as positives (golden prepare)
+            from backbone_ssl.data.sequence_positives import SequencePairViews
+
+            if not (Path(self.cfg.data.path) / "sequences.json").is_file():
+                raise UserError(f"data.sequence_positives needs a `golden prepare` output as "
+                                f"--data; {self.cfg.data.path} has no sequences.json")
+            self.sequence_views = SequencePairViews(images, self.train_transform(),
+                                                    data.sequence_positives,
+                                                    data.sequence_window, data.max_images)
+            return self.sequence_views
         if data.cache or data.batch_augment:  # decode once into a memory-mapped uint8 file
             from backbone_ssl.data.cache import CachedImages
 
@@ -290,6 +304,21 @@ class SSLMethod(PretrainMethod):
 
             batch = [render_views(first, self.view_recipes), *batch[1:]]
         return super().on_after_batch_transfer(batch, dataloader_idx)
+
+    def on_train_epoch_start(self) -> None:
+        """Sequence positives: re-pick each face's mutual-nearest partner in the current
+        embedding (``data.sequence_mutual_nn``), logged as ``train/sequence_pairs``."""
+        super().on_train_epoch_start()
+        views = getattr(self, "sequence_views", None)
+        if views is None or not self.cfg.data.sequence_mutual_nn or self.current_epoch == 0:
+            return  # epoch 0: any candidate of the window (no embedding worth trusting yet)
+        from backbone_ssl.data.sequence_positives import refresh_partners
+
+        stats = refresh_partners(views, self.backbone, self.cfg.data.image_size, True,
+                                 self.device)
+        self.sequence_stats = stats
+        log.info("sequence positives: %d of %d faces have a mutual partner",
+                 stats["with_partner"], stats["faces"])
 
     def momentum_at(self, start: float, end: float) -> float:
         """EMA momentum for the current step: lightly's cosine schedule from start to end."""

@@ -24,6 +24,7 @@ from lightly.transforms.byol_transform import (
 
 from backbone_ssl.config import RunConfig
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
+from backbone_ssl.errors import UserError
 from backbone_ssl.methods.base import SSLMethod
 
 
@@ -39,12 +40,26 @@ class BYOLSection:
     min_scale: float = 0.2  # RandomResizedCrop lower bound (paper: 0.08; faces are small)
     hf_prob: float = 0.5
     cj_strength: float = 1.0
+    # colour and blur: lightly's BYOL values by default; cartoon colour carries identity, so the
+    # CPU recipe (configs/byol_cpu.yaml) turns hue and grey-scale down (benchmarks/RECIPES.md)
+    cj_hue: float = 0.1  # hue jitter before x cj_strength
+    cj_sat: float = 0.2  # saturation jitter before x cj_strength
+    random_gray_scale: float = 0.2  # grey-scale probability, both views
+    gaussian_blur: list[float] = field(default_factory=lambda: [1.0, 0.1])  # p: view 1, view 2
+    sigmas: list[float] = field(default_factory=lambda: [0.1, 2.0])  # px; paper's, for 224 px
+    solarization_prob: float = 0.2  # view 2 only (the paper's asymmetric views)
 
 
 @dataclass
 class BYOLConfig(RunConfig):
     method: str = "byol"
     byol: BYOLSection = field(default_factory=BYOLSection)
+
+    def validate(self) -> None:
+        super().validate()
+        if len(self.byol.gaussian_blur) != 2 or len(self.byol.sigmas) != 2:
+            raise UserError("config key 'byol.gaussian_blur' takes 2 probabilities (view 1, "
+                            "view 2) and 'byol.sigmas' two numbers [min, max]")
 
 
 class BYOL(SSLMethod):
@@ -75,8 +90,14 @@ class BYOL(SSLMethod):
         b, size = self.cfg.byol, self.cfg.data.image_size
         norm = {"mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)}
         common = dict(input_size=size, min_scale=b.min_scale, hf_prob=b.hf_prob,
-                      cj_strength=b.cj_strength, normalize=norm)
-        return BYOLTransform(BYOLView1Transform(**common), BYOLView2Transform(**common))
+                      cj_strength=b.cj_strength, cj_hue=b.cj_hue, cj_sat=b.cj_sat,
+                      random_gray_scale=b.random_gray_scale, sigmas=tuple(b.sigmas),
+                      normalize=norm)
+        blur1, blur2 = b.gaussian_blur
+        return BYOLTransform(
+            BYOLView1Transform(**common, gaussian_blur=blur1, solarization_prob=0.0),
+            BYOLView2Transform(**common, gaussian_blur=blur2,
+                               solarization_prob=b.solarization_prob))
 
     def online(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B,3,H,W]`` -> (prediction ``[B,D]``, backbone features ``[B,F]``)."""
