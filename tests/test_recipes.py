@@ -48,3 +48,18 @@ def test_demo_config_is_the_simclr_cpu_recipe():
     cpu = load_config(SimCLRConfig, "simclr", default_config_file("simclr_cpu"))
     assert to_dict(demo) == to_dict(cpu)
     assert demo.model.arch == "resnet10t" and demo.optim.lr == 0.003
+
+
+def test_byol_colour_keys_reach_both_views():
+    from backbone_ssl.methods.byol import BYOL, BYOLConfig
+
+    default = BYOL(load_config(BYOLConfig, "byol", None, ["model.arch=resnet10t"]))
+    assert _grey_p(default.train_transform()) == [0.2, 0.2]  # lightly's BYOL value
+    cfg = load_config(BYOLConfig, "byol", None, ["model.arch=resnet10t",
+                                                 "byol.random_gray_scale=0.02",
+                                                 "byol.solarization_prob=0.3"])
+    tr = BYOL(cfg).train_transform()
+    assert _grey_p(tr) == [0.02, 0.02]
+    solar = [float(s.prob) for v in tr.transforms for s in v.transform.transforms
+             if type(s).__name__ == "RandomSolarization"]
+    assert solar == [0.0, 0.3]  # view 2 only (the paper's asymmetric views)
