@@ -120,10 +120,15 @@ def _summary_line(summary: dict) -> str:
 
 
 # ---- pretrain --------------------------------------------------------------------------------
+#: every registered method (backbone_ssl.methods.METHODS), written out so that building the parser
+#: does not import torch; tests/test_cli.py checks the two lists agree
+METHOD_NAMES = ("dino", "byol", "inpaint", "person", "identity", "simclr", "mocov2", "vicreg",
+                "barlowtwins", "nnclr")
+
 @registrar
 def _pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain an encoder with one method")
-    p.add_argument("method", help="dino | byol | inpaint | person | identity")
+    p.add_argument("method", help=" | ".join(METHOD_NAMES))
     p.add_argument("--config", help="YAML config (default: configs/<method>.yaml)")
     p.add_argument("--data", help="image folder / iCartoonFace root / golden prepare output")
     p.add_argument("--out", help="run directory (default runs/<method>-<time>)")
@@ -242,7 +247,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 @registrar
 def _search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="hyper-parameter search (optuna) over short runs")
-    p.add_argument("method", help="dino | byol | inpaint | person")
+    p.add_argument("method", help=" | ".join(METHOD_NAMES))
     p.add_argument("--trials", type=int, required=True)
     p.add_argument("--sampler", choices=["grid", "random"], default="random")
     p.add_argument("--space", help="search space YAML (default configs/search_<method>.yaml)")

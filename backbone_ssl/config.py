@@ -328,6 +328,20 @@ def resolve_precision(cfg: Any) -> str:
     return "bf16-mixed" if on_gpu else "32-true"
 
 
+#: data keys only the view-based methods (methods/base.py SSLMethod) read
+VIEW_KEYS = ("cache", "batch_augment", "context_swap", "sequence_positives")
+
+
+def refuse_view_keys(cfg: RunConfig) -> None:
+    """UserError when a method that reads its images directly (identity, person, inpaint) is
+    given a view-pipeline key (:data:`VIEW_KEYS`) it would otherwise silently ignore."""
+    on = [k for k in VIEW_KEYS if getattr(cfg.data, k)]
+    if on:
+        raise UserError(f"config key 'data.{on[0]}' is for the view-based methods (dino, byol, "
+                        f"simclr, ...); {cfg.method} reads its images directly: leave it at its "
+                        "default")
+
+
 def validate_shared(cfg: RunConfig) -> None:
     """Ranges and choices of the shared sections, checked at load (before any data is read)."""
     d, o, t = cfg.data, cfg.optim, cfg.trainer

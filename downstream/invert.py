@@ -15,9 +15,11 @@ Held-out faces (``data.eval_images``, seeded) are never seen while training E.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -134,24 +136,36 @@ def _quality(feats, rec, x, hole=None) -> dict[str, float]:
     return {k: q[k] for k in ("psnr", "ssim", "perceptual")}
 
 
-def seed_run(cfg) -> None:
+@contextlib.contextmanager
+def seeded_run(cfg) -> Iterator[None]:
     """Seed every RNG a run touches (torch, numpy, python) and, with
-    ``trainer.deterministic=true``, ask torch for deterministic algorithms; identical runs then
-    train identical E weights (on the same machine and thread count)."""
+    ``trainer.deterministic=true``, ask torch for deterministic algorithms for the run's duration
+    (the caller's setting is restored after, so a library call does not change the process);
+    identical runs then train identical E weights (on the same machine and thread count)."""
     import pytorch_lightning as pl
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def run_invert(cfg, encoder_spec: str, run_dir: str) -> dict:
     """Train E with G frozen, invert held-out faces (E only, then optimised), write the report."""
-    from downstream.facegan import face_dataset
-
     if not cfg.generator:
         raise UserError("downstream invert needs --generator RUN (a `downstream stylegan` run)")
-    seed_run(cfg)
+    with seeded_run(cfg):
+        return _run_invert(cfg, encoder_spec, run_dir)
+
+
+def _run_invert(cfg, encoder_spec: str, run_dir: str) -> dict:
+    from downstream.facegan import face_dataset
+
     g, d_net, gcfg = load_generator(cfg.generator)
     size = gcfg.data.image_size
     kw = {"task_size": size, "what": "generator images", "size_key": "the generator's "

@@ -79,3 +79,26 @@ def test_closest_key_by_leaf():
     assert closest_key("trainer.max_step", ["trainer.max_steps", "trainer.max_epochs"]) == \
         "trainer.max_steps"
     assert closest_key("zzzz", ["a.b"]) is None
+
+
+def test_cli_method_list_is_the_registry():
+    """The pretrain / search help names every registered method (the list is written out so that
+    building the parser stays torch-free); a method added to METHODS and not to the help fails."""
+    from backbone_ssl.cli import METHOD_NAMES
+    from backbone_ssl.methods import METHODS
+
+    assert sorted(METHOD_NAMES) == sorted(METHODS)
+
+
+@pytest.mark.parametrize("method", ["identity", "person", "inpaint"])
+@pytest.mark.parametrize("override", ["data.cache=true", "data.batch_augment=true",
+                                      "data.context_swap=0.5", "data.sequence_positives=0.5"])
+def test_direct_image_methods_refuse_view_keys(method, override):
+    """identity, person and inpaint read images directly: a view-pipeline key would be silently
+    ignored, so it is refused, naming the key; the same key is accepted by a view method."""
+    from backbone_ssl.methods import get_method
+
+    key = override.split("=")[0]
+    with pytest.raises(UserError, match=rf"'{key}' is for the view-based methods.*{method}"):
+        load_config(get_method(method).config_cls, method, overrides=[override])
+    assert getattr(load_config(DINOConfig, "dino", overrides=[override]).data, key[5:])

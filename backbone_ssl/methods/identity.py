@@ -26,7 +26,7 @@ import torch.nn as nn
 from pytorch_metric_learning.losses import ArcFaceLoss, CosFaceLoss
 from torch.utils.data import Dataset, Subset
 
-from backbone_ssl.config import RunConfig, check_choice, check_positive
+from backbone_ssl.config import RunConfig, check_choice, check_positive, refuse_view_keys
 from backbone_ssl.data.datasets import ImageFolderDataset, resolve_image_root
 from backbone_ssl.errors import UserError
 from backbone_ssl.methods.supervised import SupervisedMethod, augmented_view
@@ -63,9 +63,7 @@ class IdentityConfig(RunConfig):
         check_positive(i.cosface_margin, "identity.cosface_margin")
         if not 0.0 < i.min_scale <= 1.0:
             raise UserError(f"config key 'identity.min_scale' must be in (0, 1], got {i.min_scale}")
-        if self.data.cache or self.data.batch_augment:
-            raise UserError("config keys 'data.cache' / 'data.batch_augment' are for view-based "
-                            "methods (dino, byol); identity reads its images directly")
+        refuse_view_keys(self)
 
 
 def margin_loss(cfg: IdentitySection, num_classes: int, embedding_size: int) -> nn.Module:

@@ -59,7 +59,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 from torchvision.utils import make_grid, save_image
 
-from backbone_ssl.config import RunConfig
+from backbone_ssl.config import RunConfig, refuse_view_keys
 from backbone_ssl.data.signed import to_unit
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.errors import UserError
@@ -117,6 +117,7 @@ class InpaintConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        refuse_view_keys(self)
         p = self.inpaint
         if p.source not in SOURCES:
             raise UserError(f"config key 'inpaint.source' must be one of {', '.join(SOURCES)}, "

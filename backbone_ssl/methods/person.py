@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 
-from backbone_ssl.config import DataConfig, ModelConfig, RunConfig
+from backbone_ssl.config import DataConfig, ModelConfig, RunConfig, refuse_view_keys
 from backbone_ssl.curves import save_pyplot
 from backbone_ssl.errors import UserError
 from backbone_ssl.methods.supervised import SupervisedMethod, augmented_view
@@ -67,6 +67,7 @@ class PersonConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        refuse_view_keys(self)
         p = self.person
         if not 0.0 < p.test_fraction < 1.0:
             raise UserError(f"config key 'person.test_fraction' must be in (0, 1), "
