@@ -337,7 +337,8 @@ def cmd_downstream(args: argparse.Namespace) -> int:
 # ---- demo ------------------------------------------------------------------------------------
 @registrar
 def _demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="toy faces -> DINO -> eval with baseline -> report")
+    p = sub.add_parser("demo", help="toy faces -> the demo recipe (configs/demo.yaml) -> eval "
+                                    "beside raw pixels and random init -> report")
     p.add_argument("--out", default="demo_out")
     p.set_defaults(func=cmd_demo, accepts_overrides=True)
 
@@ -348,7 +349,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     prepare_out_dir(args.out, "demo")
     report_md = run_demo(args.out, overrides=args.overrides)
     print(report_md)
-    print(f"demo outputs: {args.out} (report.md, dino/, eval/, toy_faces/)")
+    made = sorted(f"{p.name}/" for p in Path(args.out).iterdir() if p.is_dir())
+    print(f"demo outputs: {args.out} (report.md, {', '.join(made)})")
     return 0
 
 

@@ -33,12 +33,15 @@ from backbone_ssl.io import write_json_atomic, write_text_atomic
 
 #: a ``key=value`` override (dotted config key), as opposed to an encoder spec or path
 OVERRIDE = re.compile(r"^(?:[a-z]+:)?[A-Za-z_][\w.]*=")
-#: task -> (metric, direction) columns of the table; ``+`` higher is better, ``-`` lower
+#: task -> (metric, direction) columns of the table; ``+`` higher is better, ``-`` lower, ``~``
+#: nearest 1 (``diversity``: generated faces as varied as real ones)
+ARROWS = {"+": "↑", "-": "↓", "~": "(1 = real)"}
 COLUMNS: dict[str, list[tuple[str, str]]] = {
     "cloze": [("psnr", "+"), ("ssim", "+"), ("l1", "-"), ("kid", "-"), ("fd", "-")],
     "siamese": [("accuracy", "+"), ("roc_auc", "+"), ("raw_roc_auc", "+"),
                 ("icartoonface_rank1", "+")],
-    "gan": [("kid", "-"), ("fd", "-"), ("kid_real", "-"), ("fd_real", "-")],
+    "gan": [("kid", "-"), ("fd", "-"), ("coverage", "+"), ("diversity", "~"), ("kid_real", "-"),
+            ("fd_real", "-")],
     "bigan": [("kid", "-"), ("fd", "-"), ("rec_l1", "-"), ("kid_real", "-"), ("fd_real", "-")],
     "vaegan": [("kid", "-"), ("fd", "-"), ("rec_l1", "-"), ("kid_real", "-"), ("fd_real", "-")],
     "introvae": [("kid", "-"), ("fd", "-"), ("rec_l1", "-"), ("kid_real", "-"),
@@ -72,7 +75,7 @@ def format_table(task: str, rows: list[dict]) -> str:
     cols = [(k, d) for k, d in COLUMNS[task] if any(r["metrics"].get(k) is not None
                                                      for r in rows)]
     head = ["encoder", "method", "arch", "pretrain steps", "task steps", "seconds",
-            *(f"{k} {'↑' if d == '+' else '↓'}" for k, d in cols)]
+            *(f"{k} {ARROWS[d]}" for k, d in cols)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         e = r["encoder"]
@@ -148,7 +151,7 @@ SUITES: dict[str, list[SuiteRow]] = {
                  face_model="vaegan"),
     ],
 }
-SUITE_COLUMNS = {"faces": [("kid", "-"), ("fd", "-")],
+SUITE_COLUMNS = {"faces": [("kid", "-"), ("fd", "-"), ("coverage", "+"), ("diversity", "~")],
                  "cloze": [("kid", "-"), ("fd", "-"), ("psnr", "+"), ("ssim", "+")]}
 
 
@@ -258,7 +261,7 @@ def format_suite_table(suite: str, runs: list[dict]) -> str:
     """Markdown: one row per (model, encoder), each metric as ``mean ± half range``."""
     cols = SUITE_COLUMNS[suite]
     head = ["model", "encoder", "seeds", "steps", "train s",
-            *(f"{k} {'↑' if d == '+' else '↓'}" for k, d in cols)]
+            *(f"{k} {ARROWS[d]}" for k, d in cols)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in runs:

@@ -155,14 +155,52 @@ def fd_enc(feature_fn, fake: torch.Tensor, real: torch.Tensor, batch_size: int =
                                encode_batches(feature_fn, fake, batch_size), pca_dim)["fd"]
 
 
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances ``[N,M]`` between the rows of ``a`` ``[N,D]`` and ``b`` ``[M,D]``."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def mean_pairwise_distance(feats: np.ndarray) -> float:
+    """Mean Euclidean distance over all pairs of rows of ``feats`` ``[N,D]`` (N >= 2)."""
+    return float(_pairwise(feats, feats)[np.triu_indices(len(feats), 1)].mean())
+
+
+def diversity(fake: np.ndarray, real: np.ndarray) -> float:
+    """Sample diversity: mean pairwise distance of generated samples ``[N,D]`` over that of real
+    samples ``[M,D]`` (flattened pixels in the reports). 1: as varied as real faces; well below
+    1: the samples are alike (mode collapse)."""
+    ref = mean_pairwise_distance(real)
+    return mean_pairwise_distance(fake) / ref if ref > 0 else float("nan")
+
+
+def coverage(fake_feats: np.ndarray, real_feats: np.ndarray, k: int = 5) -> float:
+    """Coverage (Naeem et al., "Reliable Fidelity and Diversity Metrics for Generative Models",
+    2020): the fraction of real samples ``[M,D]`` whose ball to their ``k``-th nearest real
+    neighbour holds at least one generated sample ``[N,D]``. A generator that draws one mode
+    covers few real faces however close that mode is; two real sets of the same distribution
+    score near 1."""
+    if len(real_feats) <= k:
+        raise ValueError(f"coverage needs more than k={k} real samples")
+    rr = _pairwise(real_feats, real_feats)
+    np.fill_diagonal(rr, np.inf)
+    radius = np.sort(rr, axis=1)[:, k - 1]
+    return float((_pairwise(real_feats, fake_feats).min(axis=1) <= radius).mean())
+
+
 def generator_metrics(feature: torch.nn.Module, fake: torch.Tensor, real: torch.Tensor,
                       pca_dim: int | None, kid_subset_size: int, kid_subsets: int = 100,
                       seed: int = 0) -> dict[str, float]:
-    """KID and FD (with ``fd_imag``, ``fd_dim``, ``fd_samples``) of ``fake`` vs ``real`` in the
-    reference encoder ``feature``; KID's subsets drawn with ``seed``."""
-    out = fd_in_reduced_space(encode_batches(feature, real), encode_batches(feature, fake),
-                              pca_dim)
-    return {**kid(feature, fake, real, kid_subset_size, kid_subsets, seed=seed), **out}
+    """KID and FD (with ``fd_imag``, ``fd_dim``, ``fd_samples``) of ``fake`` vs ``real``
+    ``[N,3,H,W]`` in the reference encoder ``feature``, plus :func:`coverage` (same features,
+    k 5) and pixel :func:`diversity`, the two that name mode collapse; KID's subsets drawn with
+    ``seed``."""
+    real_f, fake_f = encode_batches(feature, real), encode_batches(feature, fake)
+    out = fd_in_reduced_space(real_f, fake_f, pca_dim)
+    return {**kid(feature, fake, real, kid_subset_size, kid_subsets, seed=seed), **out,
+            "coverage": coverage(fake_f, real_f),
+            "diversity": diversity(fake.flatten(1).numpy(), real.flatten(1).numpy())}
 
 
 # ---- verification ------------------------------------------------------------------------------

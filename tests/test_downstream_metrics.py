@@ -12,12 +12,15 @@ from backbone_ssl.data.signed import to_unit
 from backbone_ssl.evaluation.image_quality import PSNR_CAP_DB, psnr_per_image
 from downstream.metrics import (
     best_threshold,
+    coverage,
+    diversity,
     fd_enc,
     fd_in_reduced_space,
     frechet_distance,
     frechet_stats,
     image_quality,
     kid,
+    mean_pairwise_distance,
     roc_auc,
     verification,
 )
@@ -119,3 +122,29 @@ def test_threshold_is_chosen_on_validation_and_applied_to_test():
     assert out["threshold"] == thr and out["val_accuracy"] == 1.0
     assert out["accuracy"] == 0.75 and out["roc_auc"] == 1.0
     assert math.isnan(roc_auc(np.array([0.1, 0.2]), np.array([1, 1])))
+
+
+def test_diversity_is_one_for_real_like_samples_and_near_zero_for_collapse():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 16))
+    assert diversity(rng.normal(size=(200, 16)), real) == pytest.approx(1.0, abs=0.03)
+    collapsed = np.ones((200, 16)) + 0.01 * rng.normal(size=(200, 16))
+    assert diversity(collapsed, real) < 0.02
+    assert diversity(0.5 * rng.normal(size=(200, 16)), real) == pytest.approx(0.5, abs=0.03)
+    # the pairwise mean by hand: three points on a line at 0, 3, 4 -> (3 + 4 + 1) / 3
+    pts = np.array([[0.0], [3.0], [4.0]])
+    assert mean_pairwise_distance(pts) == pytest.approx(8 / 3)
+
+
+def test_coverage_near_one_for_the_same_distribution_and_low_for_one_mode():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(300, 8))
+    assert coverage(rng.normal(size=(300, 8)), real) > 0.9
+    # one mode, right at a real sample: close to real data, yet it covers few real faces
+    one_mode = real[:1] + 0.01 * rng.normal(size=(300, 8))
+    assert coverage(one_mode, real) < 0.05
+    # half the space (2-d, only samples with x0 > 0): about half the real faces covered
+    real2 = rng.normal(size=(300, 2))
+    half = rng.normal(size=(900, 2))
+    half = half[half[:, 0] > 0][:300]
+    assert 0.4 < coverage(half, real2) < 0.7
