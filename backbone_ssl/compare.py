@@ -419,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from backbone_ssl.quiet import install_quiet_filters
+
+    install_quiet_filters()  # as the backbone-ssl command: known library noise dropped
     t0 = time.perf_counter()
     try:
         text = run_compare(args)

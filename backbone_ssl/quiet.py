@@ -4,7 +4,8 @@ Filtered unless ``--verbose`` (each pattern measured on torch 2.14.1, lightly 1.
 Lightning 2.6, faiss): faiss's loader lines (``ModuleNotFoundError(... swigfaiss_avx512)``, which
 look like failures), torch's ``weight_norm`` FutureWarning (lightly's DINO head), Lightning's
 litlogger tip, its ``LeafSpec`` deprecation, "Found N module(s) in eval mode", the GPU/TPU
-availability lines, "Seed set to N", and the estimate-stepping-batches note.
+availability lines, "Seed set to N", the estimate-stepping-batches note, and torchmetrics' KID
+buffer note (our KID sets are a few hundred features).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ NOISE_PATTERNS = (
     r"to estimate number of stepping batches",
     r"smaller than the logging interval",
     r"does not have many workers",
+    r"will save all extracted features in buffer",
 )
 _NOISE = re.compile("|".join(NOISE_PATTERNS))
 

@@ -10,11 +10,12 @@ step budget); each run goes to ``OUT/<label>/`` and the table to ``OUT/compare.m
 (+ ``compare.json``).
 
 ``--suite`` (:func:`run_suite`): every face generator (DCGAN, DCGAN with the encoder in D, BiGAN,
-VAE-GAN, IntroVAE) or every cloze variant (VAE+GAN, autoencoder, StyleGAN decoder, separate face
-encoding by a BiGAN or a VAE-GAN), each with each encoder (e.g. ``random:ARCH`` and a pretrained
-one) and each seed, at equal wall-clock minutes (``trainer.max_minutes``); the table gives the
-mean and the half range over the seeds of KID and FD (cloze: also PSNR and SSIM of the generated
-face, which is the hole). ``TASK:key=value`` applies an override to one task only.
+VAE-GAN, IntroVAE, StyleGAN2-style) or every cloze variant (VAE+GAN, autoencoder, StyleGAN
+decoder, separate face encoding by a BiGAN or a VAE-GAN), each with each encoder (e.g.
+``random:ARCH`` and a pretrained one) and each seed, at equal wall-clock minutes
+(``trainer.max_minutes``); the table gives the mean and the half range over the seeds of KID and
+FD (face models: also coverage and diversity; cloze: also PSNR and SSIM of the generated face,
+which is the hole). ``TASK:key=value`` applies an override to one task only.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ SUITES: dict[str, list[SuiteRow]] = {
         SuiteRow("bigan", "BiGAN", "bigan"),
         SuiteRow("vaegan", "VAE-GAN", "vaegan"),
         SuiteRow("introvae", "IntroVAE", "introvae"),
+        SuiteRow("stylegan", "StyleGAN2-style", "stylegan", uses_encoder=False),
     ],
     "cloze": [
         SuiteRow("vae-gan", "CNN-LSTM VAE + DCGAN", "cloze"),
@@ -171,7 +173,9 @@ def _task_overrides(task: str, overrides: Sequence[str]) -> list[str]:
 def _size_keys(task: str, size: int, latent: int) -> list[str]:
     sizes = ([f"data.panel_size={size}", f"data.face_size={size}"] if task == "cloze"
              else [f"data.image_size={size}"])
-    return [*sizes, f"model.latent_dim={latent}", "data.resize_to_encoder=true"]
+    latents = ([f"model.z_dim={latent}", f"model.w_dim={latent}"] if task == "stylegan"
+               else [f"model.latent_dim={latent}"])
+    return [*sizes, *latents, "data.resize_to_encoder=true"]
 
 
 def mean_spread(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -303,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.suite and args.minutes is None:
         parser.error("--suite needs --minutes (training minutes per run)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from backbone_ssl.quiet import install_quiet_filters
+
+    install_quiet_filters()  # as the backbone-ssl command: known library noise dropped
     try:
         if args.suite:
             table = run_suite(args.suite, args.encoders, data=args.data, out=args.out,

@@ -254,6 +254,10 @@ class GanModel:
     projected: bool = True  # encoder in D: multi-scale stage features, one small head each
     #                         (Projected GAN); false: one head on the pooled features
     projected_stages: int = 3  # the encoder's last N stages
+    projected_normalise: bool = False  # standardise each stage per channel (stats of real faces)
+    projected_mixing: bool = False  # a fixed random 1x1 conv per stage (Projected GAN's CCM)
+    pixel_critic: bool = False  # encoder in D: also the plain conv critic, each with its own loss
+    projected_blur: float = 0.0  # Gaussian sigma (px) on the encoder's input; 0: off
     diffaugment: str = "color,translation,cutout"  # on every D input (Zhao et al.); none: off
 
 
@@ -281,7 +285,8 @@ class GanConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> None:
-        _check_face_gan(self, ("latent_dim",))
+        _check_face_gan(self, ("latent_dim", "projected_stages"))
+        check_non_negative(self.model, "model", ("projected_blur",))
         resolve_gan_training(self)
 
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from backbone_ssl.data.datasets import ImageFolderDataset, resolve_image_root, scan_decodable
 from backbone_ssl.data.signed import signed_transform
-from backbone_ssl.nn.critics import ConvDiscriminator, ProjectedDiscriminator
+from backbone_ssl.nn.critics import ConvDiscriminator, CriticEnsemble, ProjectedDiscriminator
 from backbone_ssl.nn.diffaugment import AugmentedCritic
 from backbone_ssl.nn.gan_losses import generator_loss
 from backbone_ssl.nn.training import critic_loss, generator_step, train_critic
@@ -125,19 +125,51 @@ def build_discriminator(cfg: GanConfig, encoder) -> torch.nn.Module:
         feats = EncoderInput(encoder, resize=cfg.data.resize_to_encoder)
         if m.projected:
             stages = EncoderStages(feats, m.projected_stages)
-            critic = ProjectedDiscriminator(stages, stages.channels, width=m.disc_channels)
+            critic = ProjectedDiscriminator(stages, stages.channels, width=m.disc_channels,
+                                            normalise=m.projected_normalise,
+                                            mixing=m.projected_mixing, seed=cfg.seed,
+                                            blur_sigma=m.projected_blur)
         else:
             critic = EncoderFeatureDiscriminator(feats, encoder.num_features, m.head_hidden)
+        if m.pixel_critic:
+            critic = CriticEnsemble([critic, ConvDiscriminator(cfg.data.image_size,
+                                                               width=m.disc_channels)])
     else:
         critic = ConvDiscriminator(cfg.data.image_size, width=m.disc_channels)
     return AugmentedCritic(critic, m.diffaugment)
 
 
+def discriminator_name(m) -> str:
+    """What :func:`build_discriminator` builds for ``cfg.model``, e.g. ``projected:3+norm+conv``."""
+    if not m.encoder_in_discriminator:
+        return "conv"
+    name = "pooled"
+    if m.projected:
+        name = (f"projected:{m.projected_stages}" + ("+norm" if m.projected_normalise else "")
+                + ("+mix" if m.projected_mixing else "")
+                + (f"+blur{m.projected_blur:g}" if m.projected_blur > 0 else ""))
+    return name + ("+conv" if m.pixel_critic else "")
+
+
+def calibrate_critic(critic: torch.nn.Module, faces: ImageFolderDataset, cfg: GanConfig,
+                     n: int = 256) -> None:
+    """Fix a projected critic's per-stage feature statistics (``model.projected_normalise``)
+    from up to ``n`` real faces, drawn with the run's seed; a no-op for the other critics. The
+    statistics are buffers, so a resumed run loads the calibrated values with the weights."""
+    for module in critic.modules():
+        if isinstance(module, ProjectedDiscriminator) and module.normalise:
+            idx = seeded_indices(len(faces), min(n, len(faces)), cfg.seed + 3)
+            module.calibrate(torch.stack([faces[i][0] for i in idx]))
+
+
 @torch.no_grad()
-def evaluate(model: FaceGAN, faces: ImageFolderDataset, cfg: GanConfig,
+def evaluate(model: pl.LightningModule, faces: ImageFolderDataset, cfg,
              device: torch.device) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """KID and FD of generated vs real faces and of real vs real (same sizes: the floor), in the
-    reference encoder. Returns ``(metrics, fake [n,3,S,S], real [n,3,S,S])``."""
+    """KID, FD, coverage and diversity of generated vs real faces and of real vs real (same
+    sizes: the floor), in the reference encoder ``cfg.metrics.ref_encoder``. ``model`` is any
+    face generator with ``sample(n, generator) -> [n,3,S,S]`` in [-1, 1] (DCGAN, BiGAN, VAE-GAN,
+    IntroVAE, StyleGAN), so every one is scored the same way. Returns
+    ``(metrics, fake [n,3,S,S], real [n,3,S,S])``."""
     n = min(cfg.metrics.max_eval, len(faces) // 2)
     if n < 2:
         raise ValueError("need at least 4 face images to measure FD-enc")
@@ -156,7 +188,8 @@ def evaluate(model: FaceGAN, faces: ImageFolderDataset, cfg: GanConfig,
     gen = generator_metrics(ref, fake, real_a, mc.pca_dim, mc.kid_subset_size, mc.kid_subsets)
     floor = generator_metrics(ref, real_b, real_a, mc.pca_dim, mc.kid_subset_size,
                               mc.kid_subsets)
-    metrics = {**gen, "kid_real": floor["kid"], "fd_real": floor["fd"], "eval_samples": n}
+    metrics = {**gen, "kid_real": floor["kid"], "fd_real": floor["fd"],
+               "coverage_real": floor["coverage"], "eval_samples": n}
     return metrics, fake, real_a
 
 
@@ -171,6 +204,7 @@ def run_gan(cfg: GanConfig, encoder_spec: str, run_dir: str) -> dict:
     faces = face_dataset(cfg)
     run = start_run(run_dir, cfg)
     model = FaceGAN(cfg, build_discriminator(cfg, encoder))
+    calibrate_critic(model.discriminator, faces, cfg)
     per_step = d.batch_size * cfg.loss.n_critic  # fresh real faces for every critic step
     loader = DataLoader(faces, batch_size=min(per_step, len(faces)), shuffle=True,
                         drop_last=len(faces) > per_step, num_workers=d.num_workers)
@@ -188,8 +222,7 @@ def run_gan(cfg: GanConfig, encoder_spec: str, run_dir: str) -> dict:
         "task": "gan",
         "encoder": encoder_info(encoder_spec, encoder, frozen=True),
         "encoder_in_discriminator": m.encoder_in_discriminator,
-        "discriminator": ("conv" if not m.encoder_in_discriminator else
-                          f"projected:{m.projected_stages}" if m.projected else "pooled"),
+        "discriminator": discriminator_name(m),
         "diffaugment": m.diffaugment,
         "data": {"root": str(faces.root), "images": len(faces), "image_size": d.image_size},
         "budget": {**budget, "batch_size": d.batch_size, "loss": cfg.loss.gan},

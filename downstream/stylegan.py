@@ -35,14 +35,14 @@ from backbone_ssl.errors import UserError
 from backbone_ssl.nn.diffaugment import diff_augment
 from backbone_ssl.nn.gan_losses import generator_loss
 from backbone_ssl.nn.training import critic_loss, generator_step
-from downstream.encoder import EncoderInput, encoder_info, load_task_encoder
-from downstream.metrics import generator_metrics
+from downstream.encoder import encoder_info, load_task_encoder
 from downstream.runs import (
+    RANDOM_REF_NOTE,
     eval_device,
     make_trainer,
     plot_training,
+    reference_info,
     save_image_grid,
-    seeded_indices,
     start_run,
     write_report,
 )
@@ -297,6 +297,13 @@ class StyleGAN(pl.LightningModule):
         self.log_dict({"train/d_loss": d_loss.detach(), "train/g_loss": g_loss}, prog_bar=True)
 
     @torch.no_grad()
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` faces ``[n,3,S,S]`` in [-1, 1] from the EMA generator (psi 1, no mixing)."""
+        g = self.generator_ema
+        z = torch.randn(n, g.z_dim, generator=generator).to(self.device)
+        return g(z)
+
     def update_ema(self) -> None:
         beta = self.cfg.model.ema_beta
         for pe, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
@@ -311,19 +318,15 @@ class StyleGAN(pl.LightningModule):
                 torch.optim.Adam(self.discriminator.parameters(), **kw)]
 
 
-@torch.no_grad()
-def kid_fd(feats: EncoderInput, fake: torch.Tensor, real: torch.Tensor,
-           subset_size: int) -> dict[str, float]:
-    """KID and FD of ``fake`` vs ``real`` ``[N,3,S,S]`` in [-1, 1] in the domain encoder's
-    features, through :func:`downstream.metrics.generator_metrics` (FD in a 64-d PCA space fitted
-    on the real features, so it is defined at small sample counts)."""
-    return generator_metrics(feats, fake, real, pca_dim=64, kid_subset_size=subset_size,
-                             kid_subsets=50)
-
-
 def _faces(cfg):
     from downstream.facegan import face_dataset
     return face_dataset(cfg)
+
+
+def evaluate(model: StyleGAN, faces, cfg, device: torch.device):
+    """:func:`downstream.facegan.evaluate`: the scoring every face generator shares."""
+    from downstream.facegan import evaluate as score
+    return score(model, faces, cfg, device)
 
 
 @torch.no_grad()
@@ -379,22 +382,10 @@ def run_stylegan(cfg, encoder_spec: str, run_dir: str) -> dict:
     if cfg.trainer.save_checkpoint:
         trainer.save_checkpoint(ckpt)
     steps = int(model.d_steps)
-    device = eval_device(cfg)
-    g = model.generator_ema.eval().to(device)
-    n = min(cfg.metrics.max_eval, len(faces))
-    idx = seeded_indices(len(faces), n, cfg.seed + 1)
-    real = torch.stack([faces[i][0] for i in idx]).to(device)
-    gen = torch.Generator().manual_seed(cfg.seed + 2)
-    with torch.no_grad():
-        fake = torch.cat([g(torch.randn(min(64, n - i), g.z_dim, generator=gen).to(device))
-                          for i in range(0, n, 64)])
-    feats = EncoderInput(encoder, resize=d.resize_to_encoder).to(device)
-    metrics = {**kid_fd(feats, fake, real, cfg.metrics.kid_subset_size), "eval_samples": n}
-    half = n // 2
-    if half >= 2:
-        ref = kid_fd(feats, real[:half], real[half:2 * half], cfg.metrics.kid_subset_size)
-        metrics.update(kid_real=ref["kid"], fd_real=ref["fd"])
-    g = g.cpu()
+    if cfg.metrics.ref_encoder is None:  # the --encoder is the reference space
+        cfg.metrics.ref_encoder = encoder_spec
+    metrics, _, _ = evaluate(model, faces, cfg, eval_device(cfg))
+    g = model.generator_ema.cpu()
     plots = plot_training(run, {"loss": ("train/d_loss", "train/g_loss")})
     plots += sample_grids(g, run, cfg.seed + 3, cfg.metrics.truncation)
     report = {
@@ -408,9 +399,13 @@ def run_stylegan(cfg, encoder_spec: str, run_dir: str) -> dict:
         "budget": {"steps": steps, "seconds": round(seconds, 2), "batch_size": d.batch_size,
                    "images_seen": steps * d.batch_size, "resumed": bool(cfg.trainer.resume)},
         "metrics": metrics,
+        "reference": reference_info(cfg.metrics),
         "plots": plots,
     }
-    notes = ["kid/fd: generated (EMA G, psi=1) vs real faces in the frozen --encoder's features "
-             "(KID: torchmetrics; FD in a 64-d PCA space of the real features); not Inception.",
-             "kid_real/fd_real: two disjoint halves of the real faces (the floor)."]
+    notes = ["kid/fd: generated (EMA G, psi=1) vs real faces in the reference encoder's features "
+             "(metrics.ref_encoder, default the --encoder; KID: torchmetrics; FD in a PCA space "
+             "of the real features); not Inception, scored as `downstream gan` scores a DCGAN.",
+             "kid_real/fd_real: two disjoint real sets of the same size (the floor)."]
+    if report["reference"]["random"]:
+        notes.append(RANDOM_REF_NOTE)
     return write_report(run, report, "StyleGAN2-style face generator", notes)

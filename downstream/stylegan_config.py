@@ -10,6 +10,7 @@ from backbone_ssl.config import check_choice, check_positive
 from backbone_ssl.errors import UserError
 from downstream.config import (
     CONFIGS,
+    MetricsConfig,
     TaskOptimConfig,
     TaskTrainerConfig,
     _check_common,
@@ -54,9 +55,10 @@ class StyleLoss:
 
 
 @dataclass
-class StyleMetrics:
-    max_eval: int = 128  # generated and real faces compared
-    kid_subset_size: int = 50
+class StyleMetrics(MetricsConfig):
+    """KID / FD / coverage as every face generator measures them (facegan.evaluate)."""
+
+    ref_encoder: Optional[str] = None  # the reference space; null: the --encoder
     truncation: tuple = (1.0, 0.7, 0.5, 0.0)
 
 

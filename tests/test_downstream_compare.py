@@ -124,3 +124,27 @@ def test_cloze_suite_with_a_face_latent(tmp_path, capsys):
     assert (face / "face_model" / "report.json").is_file()
     rep = json.loads((face / "run" / "report.json").read_text())
     assert rep["model"]["face_latent"] == "bigan" and "latent_mse" in rep["metrics"]
+
+
+def test_face_suite_scores_stylegan_like_dcgan(tmp_path, capsys):
+    """The StyleGAN row runs once per seed (no encoder of its own) and is scored in the same
+    reference space, with the same sample counts, as the DCGAN row."""
+    root = draw_identity_folder(tmp_path / "faces", identities=4, per_identity=4, size=16)
+    out = tmp_path / "suite"
+    code = main(["--suite", "faces", "--models", "dcgan,stylegan", "--minutes", "0.002",
+                 "--seeds", "0", "--size", "16", "--latent-dim", "8", "--encoders",
+                 "random:resnet10t", "--data", str(root), "--out", str(out),
+                 "data.batch_size=4", "metrics.max_eval=8", "metrics.ref_encoder=random:resnet18",
+                 "trainer.enable_progress_bar=false", "trainer.save_checkpoint=false",
+                 "gan:model.gen_channels=8", "gan:model.disc_channels=8",
+                 "stylegan:model.channels=8"])
+    assert code == 0
+    runs = json.loads((out / "compare.json").read_text())["runs"]
+    assert [r["model"] for r in runs] == ["dcgan", "stylegan"]
+    dc, sg = (r["metrics"] for r in runs)
+    assert {r["reference"]["encoder"] for r in runs} == {"random:resnet18"}
+    assert dc["eval_samples"] == sg["eval_samples"] == 8
+    # the same real faces and the same reference: the real-vs-real floor is identical
+    assert sg["fd_real"] == pytest.approx(dc["fd_real"]) and "coverage" in sg
+    cfg = yaml.safe_load((out / "stylegan" / "none" / "seed0" / "run" / "config.yaml").read_text())
+    assert cfg["model"]["z_dim"] == cfg["model"]["w_dim"] == 8

@@ -149,3 +149,55 @@ def test_projected_discriminator_heads_train_encoder_stays_frozen():
     assert fake.grad.abs().sum() > 0  # the generator gets a signal through the frozen stages
     for k, v in enc.module.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_projected_normalise_standardises_each_stage_and_mixing_stays_fixed():
+    from backbone_ssl.nn.critics import ProjectedDiscriminator
+    from downstream.encoder import EncoderStages
+
+    enc = resolve_encoder("random:resnet10t", input_size=32, seed=0)
+    stages = EncoderStages(EncoderInput(enc), 3)
+    real = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    d = ProjectedDiscriminator(stages, stages.channels, width=8, normalise=True, mixing=True)
+    raw = [f.std().item() for f in d._raw_maps(real)]
+    d.calibrate(real)
+    d.mixers = torch.nn.ModuleList()  # look at the standardised maps themselves
+    for f in d._maps(real):
+        assert f.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+        live = f.std(dim=(0, 2, 3)) > 0.5  # channels that are not constant on this batch
+        assert live.float().mean() > 0.5
+        assert torch.allclose(f.std(dim=(0, 2, 3))[live], torch.ones(int(live.sum())), atol=1e-3)
+    assert max(raw) < 0.5  # the random encoder's raw stages are far from unit size
+    # the statistics travel with the weights (resume), the mixers do not train
+    d2 = ProjectedDiscriminator(stages, stages.channels, width=8, normalise=True, mixing=True)
+    assert {"shift0", "scale2"} <= set(d2.state_dict())
+    critic_loss("nonsaturating", d2, real[:4], torch.rand(4, 3, 32, 32)).backward()
+    assert all(m.weight.grad is None and not m.weight.requires_grad for m in d2.mixers)
+    assert all(p.grad is not None for p in d2.heads.parameters())
+
+
+def test_critic_ensemble_gives_each_critic_its_own_loss():
+    from backbone_ssl.nn.critics import ConvDiscriminator, CriticEnsemble
+
+    torch.manual_seed(0)
+    a, b = ConvDiscriminator(32, width=8), ConvDiscriminator(32, width=8)
+    ens = CriticEnsemble([a, b])
+    real, fake = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
+    out = ens(real)
+    assert out.shape == (4, 2)
+    assert torch.allclose(out[:, 1], b(real))
+    loss = critic_loss("nonsaturating", ens, real, fake)
+    # the mean over critics of each critic's own loss (not the loss of the summed score)
+    own = (critic_loss("nonsaturating", a, real, fake) + critic_loss("nonsaturating", b, real,
+                                                                     fake)) / 2
+    assert loss.item() == pytest.approx(own.item(), rel=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for p in ens.parameters())
+
+
+def test_hybrid_critic_run_reports_its_discriminator_and_collapse_metrics(faces, tmp_path):
+    r = _run(faces, tmp_path / "h", "random:resnet10t",
+             ["model.projected_normalise=true", "model.pixel_critic=true"])
+    assert r["discriminator"] == "projected:3+norm+conv"
+    m = r["metrics"]
+    assert 0.0 <= m["coverage"] <= 1.0 and m["diversity"] > 0

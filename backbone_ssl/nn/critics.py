@@ -57,21 +57,96 @@ class ProjectedDiscriminator(nn.Module):
     (a frozen pretrained encoder's stages), each judged by its own small trainable head; the
     score is the sum of the per-scale scores -> ``[B]``.
 
+    ``normalise``: each map is standardised per channel with a fixed mean and std measured on
+    real images (:meth:`calibrate`), so every scale reaches its head at unit size whatever the
+    encoder (a random one's deep stages are an order of magnitude smaller than its stem's).
+    ``mixing``: a fixed random 1x1 convolution per scale before its head (the paper's
+    cross-channel mixing, CCM), which spreads every feature over the channels the head sees.
+    ``blur_sigma``: a Gaussian blur of the input before the frozen encoder (anti-aliasing,
+    Zhang 2019), so a generator cannot fool the strided stages with a high-frequency pattern
+    aligned to their grid; the fine detail is left to a pixel critic beside it.
+
     Each head: 1x1 conv to ``width`` channels, LeakyReLU, 3x3 conv, LeakyReLU, 1x1 conv to one
-    logit map, averaged over space. No normalisation
-    (WGAN-GP's per-sample penalty holds). Unlike the paper there is no fixed random channel
-    mixing and no feature-pyramid fusion: small heads are what a CPU run affords.
+    logit map, averaged over space. No normalisation inside the heads (WGAN-GP's per-sample
+    penalty holds). There is no cross-scale fusion (CSM): small heads are what a CPU run affords.
     """
 
-    def __init__(self, features: nn.Module, channels: list[int], width: int = 64) -> None:
+    def __init__(self, features: nn.Module, channels: list[int], width: int = 64,
+                 normalise: bool = False, mixing: bool = False, seed: int = 0,
+                 blur_sigma: float = 0.0) -> None:
         super().__init__()
         self.features = features
+        self.normalise = normalise
+        self.blur_sigma = float(blur_sigma)
+        for i, c in enumerate(channels):  # identity until calibrate(); saved with the weights
+            self.register_buffer(f"shift{i}", torch.zeros(1, c, 1, 1))
+            self.register_buffer(f"scale{i}", torch.ones(1, c, 1, 1))
+        self.mixers = nn.ModuleList()
+        if mixing:
+            g = torch.Generator().manual_seed(seed)
+            for c in channels:
+                mix = nn.Conv2d(c, c, 1, bias=False)
+                bound = math.sqrt(3.0 / c)  # unit gain on unit-variance input
+                with torch.no_grad():
+                    mix.weight.copy_((torch.rand(c, c, 1, 1, generator=g) * 2 - 1) * bound)
+                mix.weight.requires_grad_(False)
+                self.mixers.append(mix)
         self.heads = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, width, 1), nn.LeakyReLU(0.2, inplace=True),
                           nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
                           nn.Conv2d(width, 1, 1))
             for c in channels)
 
+    @torch.no_grad()
+    def calibrate(self, real: torch.Tensor) -> None:
+        """Fix the per-channel mean and std of each scale from real images ``[N,3,H,W]``
+        (N >= 2); no-op unless ``normalise``."""
+        if not self.normalise:
+            return
+        for i, f in enumerate(self._raw_maps(real)):
+            mean = f.mean(dim=(0, 2, 3), keepdim=True)
+            std = f.std(dim=(0, 2, 3), keepdim=True)
+            getattr(self, f"shift{i}").copy_(mean)
+            getattr(self, f"scale{i}").copy_(std.clamp_min(1e-3 * float(std.max()) + 1e-12))
+
+    def _raw_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen encoder's maps of ``x`` (blurred first when ``blur_sigma`` > 0)."""
+        if self.blur_sigma > 0:
+            from torchvision.transforms.functional import gaussian_blur
+
+            k = 2 * math.ceil(2 * self.blur_sigma) + 1
+            x = gaussian_blur(x, [k, k], [self.blur_sigma, self.blur_sigma])
+        return self.features(x)
+
+    def _maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """What the heads see: raw maps, standardised (``normalise``), then mixed (``mixing``)."""
+        maps = self._raw_maps(x)
+        if self.normalise:
+            maps = [(f - getattr(self, f"shift{i}")) / getattr(self, f"scale{i}")
+                    for i, f in enumerate(maps)]
+        if len(self.mixers):
+            maps = [mix(f) for mix, f in zip(self.mixers, maps)]
+        return maps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.features(x)
-        return sum(head(f).mean(dim=(1, 2, 3)) for head, f in zip(self.heads, maps))
+        return sum(head(f).mean(dim=(1, 2, 3)) for head, f in zip(self.heads, self._maps(x)))
+
+
+class CriticEnsemble(nn.Module):
+    """Several critics on the same input, one score column each: ``[B,3,H,W]`` -> ``[B,K]``.
+
+    The adversarial losses of :mod:`backbone_ssl.nn.gan_losses` average over every element, so
+    each critic gets its own loss term (their mean), as in Vision-aided GAN (Kumari et al.,
+    "Ensembling Off-the-shelf Models for GAN Training", 2022: frozen-feature critics added
+    beside the usual pixel critic); the gradient penalties (WGAN-GP, R1) apply to the sum of
+    the scores.
+    """
+
+    def __init__(self, critics: list[nn.Module]) -> None:
+        super().__init__()
+        if not critics:
+            raise ValueError("CriticEnsemble needs at least one critic")
+        self.critics = nn.ModuleList(critics)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([c(x) for c in self.critics], dim=1)
