@@ -12,6 +12,23 @@ from PIL import Image, ImageDraw
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _decode_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Every test's decode cache (data.cache / data.batch_augment, on in the demo recipe) lives
+    in a temporary folder, never in the user's ~/.cache."""
+    import os
+
+    from backbone_ssl.data.cache import CACHE_ENV
+
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("decode_cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
+
+
 def draw_identity_folder(root: Path, identities: int = 4, per_identity: int = 6, size: int = 32,
                          seed: int = 0) -> Path:
     """``root/id_k/img_j.png``: each identity a shape+colour, jittered per image (the first 8
