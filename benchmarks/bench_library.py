@@ -141,7 +141,8 @@ def _transform(size: int):
 
 
 def loader_case(a: argparse.Namespace) -> None:
-    """One loader case in this process: ``--impl ours|torchdata``."""
+    """One loader case in this process: ``--impl ours|torchdata|plain`` (``plain``: torch's
+    ``DataLoader(shuffle=True)``, no per-sample seeding and no resume: the floor)."""
     import torch
 
     from backbone_ssl.data.datasets import ImageFolderDataset
@@ -155,6 +156,12 @@ def loader_case(a: argparse.Namespace) -> None:
 
         def make():
             return ResumableLoader(dataset, seed=0, **kw)
+    elif a.impl == "plain":
+        from torch.utils.data import DataLoader
+
+        def make():
+            return DataLoader(dataset, shuffle=True, generator=torch.Generator().manual_seed(0),
+                              **kw)
     else:
         try:
             from torchdata.stateful_dataloader import StatefulDataLoader
@@ -174,6 +181,10 @@ def loader_case(a: argparse.Namespace) -> None:
         for x, _ in loader:
             n += len(x)
     seconds = time.perf_counter() - t0
+    if a.impl == "plain":  # nothing to resume
+        emit({"impl": a.impl, "workers": a.workers, "images": n, "seconds": round(seconds, 2),
+              "images_per_s": round(n / seconds, 1)})
+        return
 
     # resume-exactness on one epoch: the batches after a saved state, fresh loader vs no stop
     def first_epoch(ld):
@@ -209,7 +220,7 @@ def loader_compare(a: argparse.Namespace) -> list[dict[str, Any]]:
     _folder(Path(a.work), a.images)  # written once, outside the timed cases
     rows = []
     for workers in a.workers:
-        for impl in ("ours", "torchdata"):
+        for impl in ("ours", "torchdata", "plain"):
             rows.append(run_case([str(HERE), "loader-case", "--impl", impl, "--work", a.work,
                                   "--images", str(a.images), "--batch", str(a.batch),
                                   "--size", str(a.size), "--workers", str(workers),
@@ -354,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--impl", choices=["ours", "lightly"], required=True)
     q = sub.add_parser("loader-case")
     loader_args(q, False)
-    q.add_argument("--impl", choices=["ours", "torchdata"], required=True)
+    q.add_argument("--impl", choices=["ours", "torchdata", "plain"], required=True)
     q = sub.add_parser("views-case")
     views_args(q)
     q.add_argument("--impl", choices=["ours", "ours-render", "kornia"], required=True)
