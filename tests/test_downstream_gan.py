@@ -201,3 +201,28 @@ def test_hybrid_critic_run_reports_its_discriminator_and_collapse_metrics(faces,
     assert r["discriminator"] == "projected:3+norm+conv"
     m = r["metrics"]
     assert 0.0 <= m["coverage"] <= 1.0 and m["diversity"] > 0
+
+
+def test_projected_blur_hides_a_pixel_checker_from_the_frozen_stages():
+    """model.projected_blur low-passes D's input before the encoder: a one-pixel checker added to
+    the faces moves the stage maps far less than without the blur; a negative sigma is refused."""
+    from backbone_ssl.config import load_config
+    from backbone_ssl.errors import UserError
+    from backbone_ssl.nn.critics import ProjectedDiscriminator
+    from downstream.config import GanConfig
+    from downstream.encoder import EncoderStages
+
+    enc = resolve_encoder("random:resnet10t", input_size=32, seed=0)
+    stages = EncoderStages(EncoderInput(enc), 3)
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.6
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    checker = 0.4 * (((yy + xx) % 2) * 2 - 1).float()
+
+    def moved(sigma: float) -> float:
+        d = ProjectedDiscriminator(stages, stages.channels, width=8, blur_sigma=sigma)
+        a, b = d._raw_maps(x), d._raw_maps(x + checker)
+        return sum(float((fa - fb).norm() / fa.norm()) for fa, fb in zip(a, b))
+
+    assert moved(1.0) < 0.3 * moved(0.0)
+    with pytest.raises(UserError, match="model.projected_blur"):
+        load_config(GanConfig, "gan", None, ["model.projected_blur=-1"])
