@@ -121,7 +121,7 @@ def _summary_line(summary: dict) -> str:
 
 # ---- pretrain --------------------------------------------------------------------------------
 #: every registered method (backbone_ssl.methods.METHODS), written out so that building the parser
-#: does not import torch; tests/test_cli.py checks the two lists agree
+#: does not import torch; tests/test_config.py checks the two lists agree
 METHOD_NAMES = ("dino", "byol", "inpaint", "person", "identity", "simclr", "mocov2", "vicreg",
                 "barlowtwins", "nnclr")
 

@@ -323,12 +323,6 @@ def _faces(cfg):
     return face_dataset(cfg)
 
 
-def evaluate(model: StyleGAN, faces, cfg, device: torch.device):
-    """:func:`downstream.facegan.evaluate`: the scoring every face generator shares."""
-    from downstream.facegan import evaluate as score
-    return score(model, faces, cfg, device)
-
-
 @torch.no_grad()
 def sample_grids(g: StyleGenerator, run, seed: int, psis) -> list[str]:
     """Sample, truncation and style-mixing grids from ``g`` (the EMA generator)."""
@@ -382,6 +376,8 @@ def run_stylegan(cfg, encoder_spec: str, run_dir: str) -> dict:
     if cfg.trainer.save_checkpoint:
         trainer.save_checkpoint(ckpt)
     steps = int(model.d_steps)
+    from downstream.facegan import evaluate  # the scoring every face generator shares
+
     if cfg.metrics.ref_encoder is None:  # the --encoder is the reference space
         cfg.metrics.ref_encoder = encoder_spec
     metrics, _, _ = evaluate(model, faces, cfg, eval_device(cfg))
