@@ -310,7 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from backbone_ssl.quiet import install_quiet_filters
 
     install_quiet_filters()  # as the backbone-ssl command: known library noise dropped
+    from backbone_ssl.outdir import prepare_out_dir
+
     try:
+        # a folder this command did not write (a user's compare.md) is refused, never written into
+        prepare_out_dir(args.out, "downstream.compare", sources=[args.data, *args.encoders])
         if args.suite:
             table = run_suite(args.suite, args.encoders, data=args.data, out=args.out,
                               minutes=args.minutes, seeds=args.seeds,

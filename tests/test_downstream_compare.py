@@ -148,3 +148,27 @@ def test_face_suite_scores_stylegan_like_dcgan(tmp_path, capsys):
     assert sg["fd_real"] == pytest.approx(dc["fd_real"]) and "coverage" in sg
     cfg = yaml.safe_load((out / "stylegan" / "none" / "seed0" / "run" / "config.yaml").read_text())
     assert cfg["model"]["z_dim"] == cfg["model"]["w_dim"] == 8
+
+
+FAST_TASK = ["trainer.max_steps=2", "data.image_size=16", "data.batch_size=4",
+             "model.latent_dim=8", "model.gen_channels=8", "model.disc_channels=8",
+             "model.encoder_in_discriminator=false", "metrics.max_eval=8",
+             "metrics.ref_encoder=random:resnet10t", "trainer.enable_progress_bar=false",
+             "trainer.save_checkpoint=false"]
+
+
+def test_out_folder_this_command_did_not_write_is_refused(tmp_path, capsys):
+    """A user's folder (here holding their own compare.md) is never written into: one line,
+    exit 2, the file untouched; the same command may rerun into its own output."""
+    root = draw_identity_folder(tmp_path / "faces", identities=4, per_identity=4, size=16)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "compare.md").write_text("my notes")
+    argv = ["--task", "gan", "--encoders", "random:resnet10t", "--data", str(root), "--out"]
+    code = main([*argv, str(theirs), *FAST_TASK])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not an output of" in err[0]
+    assert (theirs / "compare.md").read_text() == "my notes"
+    mine = tmp_path / "mine"
+    assert main([*argv, str(mine), *FAST_TASK]) == 0
+    assert main([*argv, str(mine), *FAST_TASK]) == 0
