@@ -8,7 +8,9 @@ exported encoder on the toy-face identities (``split/train`` as gallery / probe 
 ``split/test`` as queries: kNN top-1 and linear-probe top-1; the online monitor uses
 ``split/val``) beside a random-init encoder of the same architecture and raw pixels, also kNN on
 golden faces by character (:mod:`backbone_ssl.data.faces_by_character`), and writes
-``OUT/compare.md`` (the table) and ``OUT/compare.json``.
+``OUT/compare.md`` (the table) and ``OUT/compare.json``. ``--seeds 0 1 2`` repeats every run
+(and random init) per training seed on the same data and tables mean ± std; each finished seed is
+kept in ``OUT/compare_seedS.json``.
 
 Data: DINO, BYOL and inpainting pretrain on the toy faces' ``split/train`` images (labels unused);
 person pretrains on toy comics prepared by ``golden prepare`` (its own labels: person / no person),
@@ -264,10 +266,67 @@ def recipe_file(method: str, recipes: str) -> str | None:
 
 def steps_cell(row: dict[str, Any]) -> str:
     """Steps run, and the probe's plan when the wall-clock cap stopped the run before it."""
-    planned = row.get("planned_steps")
-    if planned and planned != row["steps"]:
-        return f"{row['steps']} (of {planned} planned)"
-    return str(row["steps"])
+    planned, steps = row.get("planned_steps"), round(row["steps"])
+    if planned and planned != steps:
+        return f"{steps} (of {planned} planned)"
+    return str(steps)
+
+
+def train_seeds(args: argparse.Namespace) -> list[int]:
+    """The training seeds of a comparison: ``--seeds`` when given, else ``[--seed]``."""
+    return list(args.seeds) if args.seeds else [args.seed]
+
+
+def seeds_phrase(args: argparse.Namespace) -> str:
+    """How the table's seeds were used, for its caption."""
+    seeds = train_seeds(args)
+    if len(seeds) == 1:
+        return (f"seed {seeds[0]} (one seed: a difference needs 3 seeds, "
+                "docs/EVALUATION.md)")
+    return (f"training seeds {', '.join(map(str, seeds))} on the data of seed {args.seed}; "
+            "cells are mean ± std over the seeds (a difference smaller than the spread is no "
+            "difference)")
+
+
+#: the per-seed numbers :func:`aggregate_rows` averages (accuracies, budget)
+MEAN_KEYS = ("knn_top1", "linear_top1", "chars_top1", "steps", "images", "seconds")
+
+
+def aggregate_rows(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per method over several seeds' rows (each list in the same method order):
+    each of :data:`MEAN_KEYS` becomes its mean, with ``<key>_std`` (sample std, 0 for one seed)
+    and ``<key>_all`` (the per-seed values); the rest is taken from the first seed."""
+    import statistics
+
+    out = []
+    for group in zip(*per_seed):
+        methods = {r["method"] for r in group}
+        if len(methods) != 1:
+            raise ValueError(f"aggregate_rows: rows of different methods {sorted(methods)}")
+        row = dict(group[0])
+        row["seeds"] = [r.get("seed") for r in group]
+        for key in MEAN_KEYS:
+            vals = [r[key] for r in group if r.get(key) is not None]
+            if not vals:
+                continue
+            row[key] = statistics.mean(vals)
+            row[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            row[f"{key}_all"] = vals
+        owns = [r.get("own", "–") for r in group]
+        row["own"] = owns[0] if len(set(owns)) == 1 else " / ".join(owns)
+        planned = [r.get("planned_steps") for r in group]
+        row["planned_steps"] = (round(statistics.mean(planned)) if all(planned) else None)
+        out.append(row)
+    return out
+
+
+def pct_cell(row: dict[str, Any], key: str) -> str:
+    """An accuracy in %, with ``± std`` when the row averages several seeds."""
+    if row.get(key) is None:
+        return "–"
+    if len(row.get(f"{key}_all", [])) > 1:
+        return f"{100 * row[key]:.1f} ± {100 * row[f'{key}_std']:.1f}"
+    return f"{100 * row[key]:.1f}"
 
 
 def format_markdown(rows: list[dict[str, Any]], args: argparse.Namespace, n: dict[str, int]
@@ -282,7 +341,7 @@ def format_markdown(rows: list[dict[str, Any]], args: argparse.Namespace, n: dic
                "`configs/<method>.yaml`")
     lines = [
         f"Budget: {budget}, batch {args.batch_size}, {args.arch} at {args.image_size} px, "
-        f"seed {args.seed} (one seed: a difference needs 3 seeds, docs/EVALUATION.md); "
+        f"{seeds_phrase(args)}; "
         f"{recipes}, with the shared size above. "
         f"Toy-face identities: {n['num_classes']} identities, {n['n_train']} gallery "
         f"(split/train) / {n['n_test']} query (split/test) images"
@@ -297,12 +356,11 @@ def format_markdown(rows: list[dict[str, Any]], args: argparse.Namespace, n: dic
     ]
     for r in rows:
         gf = f"{r['flops_per_step'] / 1e9:.1f}" if r.get("flops_per_step") else "–"
-        chars = f"{100 * r['chars_top1']:.1f}" if r.get("chars_top1") is not None else "–"
         lines.append(
             f"| {r['method']} | {r.get('config', '–')} | {r['data']} | {steps_cell(r)} | "
-            f"{r.get('images', 0)} | "
-            f"{r['seconds']:.0f} | {gf} | {100 * r['knn_top1']:.1f} | "
-            f"{100 * r['linear_top1']:.1f} | {chars} | {r['own']} |"
+            f"{round(r.get('images', 0))} | "
+            f"{r['seconds']:.0f} | {gf} | {pct_cell(r, 'knn_top1')} | "
+            f"{pct_cell(r, 'linear_top1')} | {pct_cell(r, 'chars_top1')} | {r['own']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -321,6 +379,8 @@ def run_compare(args: argparse.Namespace) -> str:
                         f"(choose from {', '.join(known)})")
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds: each seed once, got {' '.join(map(str, args.seeds))}")
     if args.minutes is not None and args.minutes <= 0:
         raise UserError(f"--minutes must be > 0, got {args.minutes}")
     # a folder this command did not write (no compare marker) is refused, never overwritten
@@ -334,43 +394,56 @@ def run_compare(args: argparse.Namespace) -> str:
     # budget (the final encoder is evaluated below anyway); with --steps it watches split/val
     monitor = (["data.val_train=null", "data.val_test=null"] if args.minutes else
                [f"data.val_train={train_dir}", f"data.val_test={val_dir}"])
-    common = [*monitor,
-              f"model.arch={args.arch}", f"trainer.max_steps={args.steps}",
-              "trainer.max_epochs=-1", f"data.batch_size={args.batch_size}",
-              f"data.image_size={args.image_size}", f"data.num_workers={args.num_workers}",
-              f"seed={args.seed}", "trainer.enable_progress_bar=false",
-              f"trainer.checkpoint_every_n_steps={max(args.steps, 1)}"]
-    rows: list[dict[str, Any]] = []
+    seeds = train_seeds(args)
+    per_seed: list[list[dict[str, Any]]] = []
     n: dict[str, int] = {}
-    for method in methods:
-        data = prep if method == "person" else train_dir
-        log.info("compare: pretraining %s on %s", method, data)
-        run = pretrain_one(method, data, out / "runs" / method, common, args.minutes,
-                           config_file=recipe_file(method, args.recipes), max_steps=args.steps)
-        run["config"] = Path(recipe_file(method, args.recipes) or f"{method}.yaml").name
-        encoder = resolve_encoder(run["encoder"])
-        rows.append({"method": method, "data": "toy comics panels" if method == "person"
-                     else "toy faces (split/train)", **run,
-                     **evaluate_row(encoder, train_dir, test_dir, chars, out / "eval" / method,
-                                    args),
-                     "own": own_metric(method, out / "runs" / method)})
-    from backbone_ssl.evaluation.pixels import pixel_encoder
+    for seed in seeds:
+        # one seed keeps the flat layout OUT/runs/METHOD; several go to OUT/runs/seedS/METHOD
+        sub = Path() if len(seeds) == 1 else Path(f"seed{seed}")
+        common = [*monitor,
+                  f"model.arch={args.arch}", f"trainer.max_steps={args.steps}",
+                  "trainer.max_epochs=-1", f"data.batch_size={args.batch_size}",
+                  f"data.image_size={args.image_size}", f"data.num_workers={args.num_workers}",
+                  f"seed={seed}", "trainer.enable_progress_bar=false",
+                  f"trainer.checkpoint_every_n_steps={max(args.steps, 1)}"]
+        rows: list[dict[str, Any]] = []
+        for method in methods:
+            data = prep if method == "person" else train_dir
+            log.info("compare: pretraining %s on %s (seed %d)", method, data, seed)
+            run_dir = out / "runs" / sub / method
+            run = pretrain_one(method, data, run_dir, common, args.minutes,
+                               config_file=recipe_file(method, args.recipes),
+                               max_steps=args.steps)
+            run["config"] = Path(recipe_file(method, args.recipes) or f"{method}.yaml").name
+            encoder = resolve_encoder(run["encoder"])
+            rows.append({"method": method, "seed": seed, "data": "toy comics panels"
+                         if method == "person" else "toy faces (split/train)", **run,
+                         **evaluate_row(encoder, train_dir, test_dir, chars,
+                                        out / "eval" / sub / method, args),
+                         "own": own_metric(method, run_dir)})
+        from backbone_ssl.evaluation.pixels import pixel_encoder
 
-    for name, enc in (("random init", resolve_encoder(f"random:{args.arch}",
-                                                      input_size=args.image_size,
-                                                      seed=args.seed)),
-                      (f"raw pixels {args.image_size} px", pixel_encoder(args.image_size))):
-        rows.append({"method": name, "data": "–", "steps": 0, "images": 0, "seconds": 0.0,
-                     "flops_per_step": None, "encoder": enc.arch,
-                     **evaluate_row(enc, train_dir, test_dir, chars,
-                                    out / "eval" / enc.arch.replace(":", "_"), args),
-                     "own": "–"})
-    n = rows[-1].pop("counts")
-    for r in rows:
-        r.pop("counts", None)
+        for name, enc in (("random init", resolve_encoder(f"random:{args.arch}",
+                                                          input_size=args.image_size,
+                                                          seed=seed)),
+                          (f"raw pixels {args.image_size} px", pixel_encoder(args.image_size))):
+            rows.append({"method": name, "seed": seed, "data": "–", "steps": 0, "images": 0,
+                         "seconds": 0.0, "flops_per_step": None, "encoder": enc.arch,
+                         **evaluate_row(enc, train_dir, test_dir, chars,
+                                        out / "eval" / sub / enc.arch.replace(":", "_"), args),
+                         "own": "–"})
+        n = rows[-1].pop("counts")
+        for r in rows:
+            r.pop("counts", None)
+        per_seed.append(rows)
+        if len(seeds) > 1:  # a finished seed is kept even if a later one fails
+            write_json_atomic(out / f"compare_seed{seed}.json",
+                              {"args": vars(args), "counts": n, "rows": rows})
+    rows = per_seed[0] if len(seeds) == 1 else aggregate_rows(per_seed)
     text = format_markdown(rows, args, n)
     write_text_atomic(out / "compare.md", text)
-    write_json_atomic(out / "compare.json", {"args": vars(args), "counts": n, "rows": rows})
+    write_json_atomic(out / "compare.json", {"args": vars(args), "counts": n, "rows": rows,
+                                             "per_seed": per_seed})
     return text
 
 
@@ -412,7 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--books", type=int, default=30, help="toy comic books (person)")
     p.add_argument("--pages", type=int, default=4)
     p.add_argument("--k", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the toy data, and of training when --seeds is not given")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="training seeds (each method and random init once per seed, on the data "
+                        "of --seed); the table shows mean ± std")
     return p
 
 

@@ -120,6 +120,28 @@ class RunConfig:
         validate_shared(self)
 
 
+@dataclass
+class SSLSection:
+    """Settings every self-supervised method shares (``ssl.*``)."""
+
+    # KoLeo regulariser (Sablayrolles et al. 2019, "Spreading vectors for similarity search";
+    # used by DINOv2, Oquab et al. 2023, Sec. 4, weight 0.1 there): loss += weight x KoLeo of the
+    # L2-normalised backbone features of the first view [B,F]; it spreads the batch on the
+    # sphere, which the cosine kNN evaluation reads. 0 = off.
+    koleo_weight: float = 0.0
+
+
+@dataclass
+class SSLConfig(RunConfig):
+    """The config of a self-supervised method on augmented views (methods.base.SSLMethod)."""
+
+    ssl: SSLSection = field(default_factory=SSLSection)
+
+    def validate(self) -> None:
+        super().validate()
+        check_range(self.ssl.koleo_weight, "ssl.koleo_weight", 0)
+
+
 C = TypeVar("C")
 
 

@@ -149,7 +149,10 @@ class CollapseMonitor(pl.Callback):
         if not trainer._logger_connector.should_update_logs:  # as Lightning's LearningRateMonitor
             return
         device_values: dict[str, torch.Tensor] = {}
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        # the method's own loss when it adds regularisers (SSLMethod.method_loss), else the total
+        loss = getattr(pl_module, "method_loss", None)
+        if loss is None:
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if torch.is_tensor(loss):
             device_values["train/loss"] = loss.detach().float()
         embeddings = getattr(pl_module, "collapse_embeddings", None)

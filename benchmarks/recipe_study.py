@@ -135,7 +135,7 @@ def run_variant(name: str, seed: int, steps: int, root: Path,
 
 #: the collapse monitor's logged signals (issue 18), first and last logged value of each
 SIGNALS = ("train/loss", "train/loss_collapse_value", "train/teacher_entropy",
-           "train/collapse_std", "train/collapse_std_healthy", "train/collapsed")
+           "train/collapse_std", "train/collapse_std_healthy", "train/collapsed", "train/koleo")
 
 
 def collapse_signals(metrics_csv: Path) -> dict:

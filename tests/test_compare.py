@@ -87,3 +87,44 @@ def test_step_timer_needs_steps_after_skip_and_refuses_foreign_run_dirs(tmp_path
     with pytest.raises(UserError, match="not a backbone-ssl pretrain run"):
         replace_run_dir(foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_seeds_are_aggregated_into_mean_and_std_per_method():
+    import argparse
+
+    import pytest
+
+    from backbone_ssl.compare import aggregate_rows, format_markdown
+
+    def row(method, seed, knn, chars, steps):
+        return {"method": method, "seed": seed, "config": f"{method}.yaml", "data": "toy",
+                "steps": steps, "planned_steps": steps, "images": 64 * steps,
+                "seconds": 10.0 + seed, "flops_per_step": 2e9, "knn_top1": knn,
+                "linear_top1": knn + 0.1, "chars_top1": chars, "own": "–"}
+
+    per_seed = [[row("simclr", 0, 0.60, 0.30, 100), row("dino", 0, 0.30, None, 90)],
+                [row("simclr", 1, 0.70, 0.40, 110), row("dino", 1, 0.40, None, 92)],
+                [row("simclr", 2, 0.65, 0.35, 120), row("dino", 2, 0.35, None, 94)]]
+    simclr, dino = aggregate_rows(per_seed)
+    assert simclr["seeds"] == [0, 1, 2]
+    assert simclr["knn_top1"] == pytest.approx(0.65)
+    assert simclr["knn_top1_std"] == pytest.approx(0.05)  # sample std of 0.60, 0.70, 0.65
+    assert simclr["knn_top1_all"] == [0.60, 0.70, 0.65]
+    assert simclr["steps"] == 110 and simclr["seconds"] == pytest.approx(11.0)
+    assert dino["chars_top1"] is None  # no seed had it: stays missing, not 0
+    args = argparse.Namespace(minutes=2.0, steps=1000, recipes="cpu", batch_size=64,
+                              arch="resnet10t", image_size=32, seed=0, seeds=[0, 1, 2])
+    text = format_markdown([simclr, dino], args, {"num_classes": 5, "n_train": 50,
+                                                  "n_test": 25})
+    assert "| 65.0 ± 5.0 | 75.0 ± 5.0 | 35.0 ± 5.0 |" in text
+    assert "training seeds 0, 1, 2" in text and "mean ± std" in text
+    with pytest.raises(ValueError, match="different methods"):
+        aggregate_rows([[row("simclr", 0, 0.6, 0.3, 1)], [row("dino", 1, 0.3, 0.3, 1)]])
+
+
+def test_compare_refuses_a_seed_given_twice(tmp_path, capsys):
+    from backbone_ssl.compare import main
+
+    assert main(["--out", str(tmp_path / "c"), "--seeds", "0", "0"]) == 2
+    assert "--seeds: each seed once" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # refused before anything was written

@@ -119,3 +119,53 @@ def test_pretrain_export_and_resume(method, tiny_split, tmp_path):
         torch.testing.assert_close(enc.module(x), model.backbone(x))
     assert main(["pretrain", method, "--out", str(run), "--resume", "trainer.max_steps=3"]) == 0
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 3
+
+
+def test_byol_predictor_lr_factor_gives_the_predictor_its_own_scheduled_lr():
+    from backbone_ssl.errors import UserError
+
+    cls = METHODS["byol"]
+    plain = cls(load_config(cls.config_cls, "byol", None, ["model.arch=resnet10t",
+                                                           "optim.lr=0.002"]))
+    assert {g["lr"] for g in plain.parameter_groups(0.002)} == {0.002}
+    byol = cls(load_config(cls.config_cls, "byol", None, ["model.arch=resnet10t",
+                                                          "optim.lr=0.002",
+                                                          "byol.pred_lr_factor=10"]))
+    groups = byol.parameter_groups(0.002)
+    pred = {id(p) for p in byol.prediction_head.parameters()}
+    for g in groups:
+        ids = {id(p) for p in g["params"]}
+        assert ids <= pred or not ids & pred  # a group is all predictor or no predictor
+        assert g["lr"] == pytest.approx(0.02 if ids <= pred else 0.002)
+    covered = set().union(*({id(p) for p in g["params"]} for g in groups))
+    trainable = {id(p) for m in byol.trainable_modules() for p in m.parameters()}
+    assert covered == trainable  # every trainable parameter once, the EMA target in none
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    with pytest.raises(UserError, match="pred_lr_factor"):
+        load_config(cls.config_cls, "byol", None, ["byol.pred_lr_factor=0"])
+
+
+def test_koleo_weight_adds_the_spreading_term_on_backbone_features():
+    from lightly.loss import KoLeoLoss
+
+    from backbone_ssl.errors import UserError
+
+    emb = torch.randn(16, 512, generator=torch.Generator().manual_seed(0))
+    loss = torch.tensor(1.5)
+    off = build("simclr")
+    total, terms = off.add_regularisers(loss, emb)
+    assert terms == {} and total is loss  # default: the method's own loss, untouched
+    on = build("simclr", "ssl.koleo_weight=0.5")
+    total, terms = on.add_regularisers(loss, emb)
+    assert torch.allclose(terms["koleo"], KoLeoLoss()(emb))
+    assert torch.allclose(total, loss + 0.5 * KoLeoLoss()(emb))
+    clumped = emb[:1].repeat(16, 1) + 0.01 * emb  # 16 near-copies: nearest neighbours close
+    assert on.add_regularisers(loss, clumped)[0] > total
+    for method in ("dino", "byol"):  # every SSL method has the section
+        cls = METHODS[method]
+        assert load_config(cls.config_cls, method, None, ["ssl.koleo_weight=0.1"]).ssl.\
+            koleo_weight == 0.1
+    with pytest.raises(UserError, match="ssl.koleo_weight"):
+        load_config(METHODS["simclr"].config_cls, "simclr", None, ["ssl.koleo_weight=-1"])
+    with pytest.raises(UserError):  # supervised methods have no ssl section to ignore
+        load_config(METHODS["identity"].config_cls, "identity", None, ["ssl.koleo_weight=0.1"])

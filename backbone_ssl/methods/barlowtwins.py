@@ -20,7 +20,7 @@ from lightly.transforms.byol_transform import (
     BYOLView2Transform,
 )
 
-from backbone_ssl.config import RunConfig
+from backbone_ssl.config import SSLConfig
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.methods.base import SSLMethod
 
@@ -38,7 +38,7 @@ class BarlowTwinsSection:
 
 
 @dataclass
-class BarlowTwinsConfig(RunConfig):
+class BarlowTwinsConfig(SSLConfig):
     method: str = "barlowtwins"
     barlowtwins: BarlowTwinsSection = field(default_factory=BarlowTwinsSection)
 

@@ -28,13 +28,14 @@ from typing import Any, Callable, ClassVar, Sequence
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from lightly.loss import KoLeoLoss
 from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.scheduler import cosine_schedule, cosine_warmup_schedule
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import Dataset
 
 from backbone_ssl.backbones import create_backbone, num_features
-from backbone_ssl.config import RunConfig, to_dict
+from backbone_ssl.config import RunConfig, SSLConfig, to_dict
 from backbone_ssl.data.context_swap import context_swap
 from backbone_ssl.data.datasets import ImageFolderDataset, PretrainViews, resolve_image_root
 from backbone_ssl.errors import UserError
@@ -202,16 +203,32 @@ class PretrainMethod(pl.LightningModule):
         """Modules the optimiser updates (the student side); EMA copies are excluded."""
         return [self.backbone]
 
+    def lr_multipliers(self) -> dict[nn.Module, float]:
+        """Trainable modules whose learning rate is the base lr times a factor (the schedule
+        scales every group alike); ``{}``: one lr for all."""
+        return {}
+
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser groups of :meth:`trainable_modules`: weight decay on weights only (lightly's
+        split), and a group per :meth:`lr_multipliers` factor."""
+        wd = self.cfg.optim.weight_decay
+        factors = self.lr_multipliers()
+        by_factor: dict[float, list[nn.Module]] = {}
+        for module in self.trainable_modules():
+            by_factor.setdefault(float(factors.get(module, 1.0)), []).append(module)
+        groups = []
+        for factor, modules in by_factor.items():
+            decay, no_decay = get_weight_decay_parameters(modules)
+            groups += [{"params": [p for p in decay if p.requires_grad], "weight_decay": wd,
+                        "lr": lr * factor},
+                       {"params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0,
+                        "lr": lr * factor}]
+        return [g for g in groups if g["params"]]
+
     def configure_optimizers(self):
         cfg = self.cfg.optim
-        decay, no_decay = get_weight_decay_parameters(self.trainable_modules())
-        decay = [p for p in decay if p.requires_grad]
-        no_decay = [p for p in no_decay if p.requires_grad]
-        groups = [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
         lr = self.scaled_lr()
+        groups = self.parameter_groups(lr)
         if cfg.name == "adamw":
             opt = torch.optim.AdamW(groups, lr=lr)
         else:
@@ -243,8 +260,25 @@ class SSLMethod(PretrainMethod):
 
     Subclasses set :attr:`name`, :attr:`config_cls`, build their heads in ``__init__`` and
     implement :meth:`train_transform` and :meth:`ssl_step`; a method with an EMA teacher adds
-    ``"teacher"`` to :attr:`networks`.
+    ``"teacher"`` to :attr:`networks`. Their config is an :class:`~backbone_ssl.config.SSLConfig`
+    (``ssl.koleo_weight`` adds lightly's ``KoLeoLoss`` on the backbone features of view 0).
     """
+
+    def __init__(self, cfg: SSLConfig) -> None:
+        super().__init__(cfg)
+        self.koleo = KoLeoLoss()
+
+    def add_regularisers(self, loss: torch.Tensor, embeddings: torch.Tensor
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``loss []`` plus the ``ssl.*`` regularisers of the backbone features ``[B,F]`` of
+        view 0; returns ``(total loss, {name: unweighted term})`` (empty when all are off).
+        KoLeo: Sablayrolles et al. 2019, as in DINOv2 (Oquab et al. 2023)."""
+        terms: dict[str, torch.Tensor] = {}
+        weight = self.cfg.ssl.koleo_weight
+        if weight > 0:
+            terms["koleo"] = self.koleo(embeddings.float())
+            loss = loss + weight * terms["koleo"]
+        return loss, terms
 
     # ---- to implement -------------------------------------------------------------------
     def train_transform(self) -> Callable:
@@ -340,9 +374,15 @@ class SSLMethod(PretrainMethod):
                                  self.cfg.data.context_swap_radius,
                                  generator=self.step_generator(views[0].device))
         loss, embeddings = self.ssl_step(views)
-        self.loss_guard.observe(loss, self.global_step)
         bs = views[0].shape[0]
+        # train/loss and the collapse monitor read the method's own loss (its collapse value is
+        # for that loss); the optimiser and the loss guard get the total with the regularisers
+        self.method_loss = loss.detach()
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
+        loss, terms = self.add_regularisers(loss, embeddings)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=bs)
+        self.loss_guard.observe(loss, self.global_step)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
         self.collapse_embeddings = embeddings.detach()  # read by monitors.CollapseMonitor
         self.log("train/skipped_images", float(self.skipped_images), batch_size=bs,

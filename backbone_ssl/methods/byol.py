@@ -22,7 +22,7 @@ from lightly.transforms.byol_transform import (
     BYOLView2Transform,
 )
 
-from backbone_ssl.config import RunConfig
+from backbone_ssl.config import SSLConfig
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.errors import UserError
 from backbone_ssl.methods.base import SSLMethod
@@ -35,6 +35,9 @@ class BYOLSection:
     proj_hidden_dim: int = 1024  # paper: 4096
     proj_out_dim: int = 256
     pred_hidden_dim: int = 1024  # paper: 4096
+    # predictor lr = optim.lr x this (SimSiam / DirectPred: a predictor that adapts faster than
+    # the encoder keeps the target informative early; 1 = the paper's single lr)
+    pred_lr_factor: float = 1.0
     momentum_start: float = 0.99  # target EMA momentum, cosine to momentum_end
     momentum_end: float = 1.0
     min_scale: float = 0.2  # RandomResizedCrop lower bound (paper: 0.08; faces are small)
@@ -51,12 +54,15 @@ class BYOLSection:
 
 
 @dataclass
-class BYOLConfig(RunConfig):
+class BYOLConfig(SSLConfig):
     method: str = "byol"
     byol: BYOLSection = field(default_factory=BYOLSection)
 
     def validate(self) -> None:
         super().validate()
+        if self.byol.pred_lr_factor <= 0:
+            raise UserError("config key 'byol.pred_lr_factor' must be > 0, got "
+                            f"{self.byol.pred_lr_factor}")
         if len(self.byol.gaussian_blur) != 2 or len(self.byol.sigmas) != 2:
             raise UserError("config key 'byol.gaussian_blur' takes 2 probabilities (view 1, "
                             "view 2) and 'byol.sigmas' two numbers [min, max]")
@@ -85,6 +91,10 @@ class BYOL(SSLMethod):
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.backbone, self.projection_head, self.prediction_head]
+
+    def lr_multipliers(self) -> dict[nn.Module, float]:
+        factor = self.cfg.byol.pred_lr_factor
+        return {} if factor == 1.0 else {self.prediction_head: factor}
 
     def train_transform(self) -> Callable:
         b, size = self.cfg.byol, self.cfg.data.image_size

@@ -20,7 +20,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.transforms.dino_transform import DINOTransform
 from lightly.utils.scheduler import linear_warmup_schedule
 
-from backbone_ssl.config import DataConfig, ExportConfig, OptimConfig, RunConfig
+from backbone_ssl.config import DataConfig, ExportConfig, OptimConfig, SSLConfig
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.errors import UserError
 from backbone_ssl.methods.base import SSLMethod
@@ -62,7 +62,7 @@ class DINOSection:
 
 
 @dataclass
-class DINOConfig(RunConfig):
+class DINOConfig(SSLConfig):
     method: str = "dino"
     dino: DINOSection = field(default_factory=DINOSection)
     # issue 18 (configs/dino.yaml, docs/COLLAPSE.md): context swap against background matching,

@@ -19,7 +19,7 @@ from lightly.models.modules import MoCoProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.transforms import MoCoV2Transform
 
-from backbone_ssl.config import RunConfig
+from backbone_ssl.config import SSLConfig
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.methods.base import SSLMethod
 
@@ -40,7 +40,7 @@ class MoCoV2Section:
 
 
 @dataclass
-class MoCoV2Config(RunConfig):
+class MoCoV2Config(SSLConfig):
     method: str = "mocov2"
     mocov2: MoCoV2Section = field(default_factory=MoCoV2Section)
 

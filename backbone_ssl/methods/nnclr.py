@@ -18,7 +18,7 @@ import torch.nn as nn
 from lightly.loss import NTXentLoss
 from lightly.models.modules import NNCLRPredictionHead, NNCLRProjectionHead, NNMemoryBankModule
 
-from backbone_ssl.config import RunConfig, check_range
+from backbone_ssl.config import SSLConfig, check_range
 from backbone_ssl.methods.base import SSLMethod
 from backbone_ssl.methods.simclr import ntxent_collapse_value, simclr_views
 
@@ -38,7 +38,7 @@ class NNCLRSection:
 
 
 @dataclass
-class NNCLRConfig(RunConfig):
+class NNCLRConfig(SSLConfig):
     method: str = "nnclr"
     nnclr: NNCLRSection = field(default_factory=NNCLRSection)
 

@@ -17,7 +17,7 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.transforms import SimCLRTransform
 
-from backbone_ssl.config import RunConfig
+from backbone_ssl.config import SSLConfig
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.methods.base import SSLMethod
 
@@ -35,7 +35,7 @@ class SimCLRSection:
 
 
 @dataclass
-class SimCLRConfig(RunConfig):
+class SimCLRConfig(SSLConfig):
     method: str = "simclr"
     simclr: SimCLRSection = field(default_factory=SimCLRSection)
 

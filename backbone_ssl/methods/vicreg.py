@@ -17,7 +17,7 @@ from lightly.loss import VICRegLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 from lightly.transforms import VICRegTransform
 
-from backbone_ssl.config import RunConfig
+from backbone_ssl.config import SSLConfig
 from backbone_ssl.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 from backbone_ssl.methods.base import SSLMethod
 
@@ -37,7 +37,7 @@ class VICRegSection:
 
 
 @dataclass
-class VICRegConfig(RunConfig):
+class VICRegConfig(SSLConfig):
     method: str = "vicreg"
     vicreg: VICRegSection = field(default_factory=VICRegSection)
 
