@@ -258,6 +258,7 @@ class GanModel:
     projected_mixing: bool = False  # a fixed random 1x1 conv per stage (Projected GAN's CCM)
     pixel_critic: bool = False  # encoder in D: also the plain conv critic, each with its own loss
     projected_blur: float = 0.0  # Gaussian sigma (px) on the encoder's input; 0: off
+    projected_mbstd: bool = False  # minibatch std (ProGAN) in each projected head
     diffaugment: str = "color,translation,cutout"  # on every D input (Zhao et al.); none: off
 
 

@@ -128,7 +128,8 @@ def build_discriminator(cfg: GanConfig, encoder) -> torch.nn.Module:
             critic = ProjectedDiscriminator(stages, stages.channels, width=m.disc_channels,
                                             normalise=m.projected_normalise,
                                             mixing=m.projected_mixing, seed=cfg.seed,
-                                            blur_sigma=m.projected_blur)
+                                            blur_sigma=m.projected_blur,
+                                            minibatch_std=m.projected_mbstd)
         else:
             critic = EncoderFeatureDiscriminator(feats, encoder.num_features, m.head_hidden)
         if m.pixel_critic:
@@ -147,7 +148,8 @@ def discriminator_name(m) -> str:
     if m.projected:
         name = (f"projected:{m.projected_stages}" + ("+norm" if m.projected_normalise else "")
                 + ("+mix" if m.projected_mixing else "")
-                + (f"+blur{m.projected_blur:g}" if m.projected_blur > 0 else ""))
+                + (f"+blur{m.projected_blur:g}" if m.projected_blur > 0 else "")
+                + ("+mbstd" if m.projected_mbstd else ""))
     return name + ("+conv" if m.pixel_critic else "")
 
 

@@ -226,3 +226,43 @@ def test_projected_blur_hides_a_pixel_checker_from_the_frozen_stages():
     assert moved(1.0) < 0.3 * moved(0.0)
     with pytest.raises(UserError, match="model.projected_blur"):
         load_config(GanConfig, "gan", None, ["model.projected_blur=-1"])
+
+
+def test_minibatch_std_sees_the_batch_spread():
+    """MinibatchStd (ProGAN) adds one channel: ~0 for a batch of identical samples, the group's
+    feature std otherwise; strided groups; any batch size (a prime one: one group)."""
+    from backbone_ssl.nn import MinibatchStd
+
+    m = MinibatchStd(group=4)
+    same = torch.randn(1, 5, 3, 3).repeat(8, 1, 1, 1)
+    varied = torch.randn(8, 5, 3, 3, generator=torch.Generator().manual_seed(0))
+    assert m(same).shape == (8, 6, 3, 3)
+    assert torch.equal(m(same)[:, :5], same)
+    assert m(same)[:, 5].max() < 1e-3
+    stat = m(varied)[:, 5, 0, 0]
+    expect = varied.reshape(4, 2, 5, 3, 3).std(dim=0, unbiased=False).mean(dim=(1, 2, 3))
+    assert torch.allclose(stat, expect.repeat(4), atol=1e-4)  # sample i in group i mod 2
+    assert m(torch.randn(7, 5, 3, 3))[:, 5].min() > 0.1  # 7: the whole batch is one group
+    assert m(torch.randn(1, 5, 3, 3))[:, 5].abs().max() == 0
+
+
+def test_projected_mbstd_scores_depend_on_the_rest_of_the_batch(faces, tmp_path):
+    """With model.projected_mbstd a sample's score changes when the other samples of its batch
+    change (D can see a collapsed batch); without it, scores are per sample. The run names it."""
+    from backbone_ssl.nn.critics import ProjectedDiscriminator
+    from downstream.encoder import EncoderStages
+
+    enc = resolve_encoder("random:resnet10t", input_size=32, seed=0)
+    stages = EncoderStages(EncoderInput(enc), 3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 32, 32, generator=g) * 2 - 1
+    y = x.clone()
+    y[1:] = x[:1]  # the same first sample, the rest of the batch now identical to it
+    for mbstd in (False, True):
+        torch.manual_seed(0)
+        d = ProjectedDiscriminator(stages, stages.channels, width=8, minibatch_std=mbstd).eval()
+        with torch.no_grad():
+            gap = float((d(x)[0] - d(y)[0]).abs())
+        assert (gap > 1e-4) == mbstd, (mbstd, gap)
+    r = _run(faces, tmp_path / "mb", "random:resnet10t", ["model.projected_mbstd=true"])
+    assert r["discriminator"] == "projected:3+mbstd"

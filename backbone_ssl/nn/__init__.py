@@ -7,7 +7,12 @@
 - :mod:`~backbone_ssl.nn.training`: ``requires_grad`` toggling, critic and generator steps.
 """
 
-from backbone_ssl.nn.critics import ConvDiscriminator, ProjectedDiscriminator, crop_boxes
+from backbone_ssl.nn.critics import (
+    ConvDiscriminator,
+    MinibatchStd,
+    ProjectedDiscriminator,
+    crop_boxes,
+)
 from backbone_ssl.nn.diffaugment import AugmentedCritic, diff_augment
 from backbone_ssl.nn.gan_losses import (
     GAN_LOSSES,
@@ -24,7 +29,7 @@ from backbone_ssl.nn.training import (
     train_critic,
 )
 
-__all__ = ["GAN_LOSSES", "AugmentedCritic", "ConvDiscriminator", "ProjectedDiscriminator",
-           "check_gan_loss", "critic_loss", "crop_boxes", "diff_augment", "discriminator_loss",
-           "generator_loss", "generator_step", "gradient_penalty", "r1_penalty",
-           "set_requires_grad", "train_critic"]
+__all__ = ["GAN_LOSSES", "AugmentedCritic", "ConvDiscriminator", "MinibatchStd",
+           "ProjectedDiscriminator", "check_gan_loss", "critic_loss", "crop_boxes",
+           "diff_augment", "discriminator_loss", "generator_loss", "generator_step",
+           "gradient_penalty", "r1_penalty", "set_requires_grad", "train_critic"]

@@ -42,6 +42,37 @@ class ConvDiscriminator(nn.Module):
         return self.head(self.features(x).flatten(1)).squeeze(1)
 
 
+class MinibatchStd(nn.Module):
+    """Minibatch standard deviation (Karras et al., 2018, "Progressive Growing of GANs", sec. 3):
+    ``[B,C,H,W]`` -> ``[B,C+1,H,W]``, the extra channel the std over a group of ``group`` samples
+    of each feature, averaged over features and positions, one value per group.
+
+    A critic that sees it can tell a batch of near-identical samples (mode collapse) from a
+    varied real batch, which a per-sample critic cannot. Groups are strided as in StyleGAN
+    (sample ``i`` is in group ``i mod (B/g)``); ``g`` is the largest divisor of ``B`` that is at
+    most ``group`` (the whole batch when there is none), so any batch size works.
+    """
+
+    def __init__(self, group: int = 4) -> None:
+        super().__init__()
+        if group < 2:
+            raise ValueError(f"MinibatchStd needs group >= 2, got {group}")
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = max(d for d in range(1, min(self.group, b) + 1) if b % d == 0)
+        if g < 2:  # no divisor in [2, group] (a prime batch size): the whole batch is one group
+            g = b
+        if g < 2:  # a batch of one has no spread
+            return torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
+        y = x.reshape(g, b // g, c, h, w)
+        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt()  # [B/g,C,H,W]
+        stat = std.mean(dim=(1, 2, 3))  # [B/g]
+        stat = stat.repeat(g)[:, None, None, None].expand(b, 1, h, w)  # sample i -> group i % (B/g)
+        return torch.cat([x, stat], dim=1)
+
+
 def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Crop ``boxes`` ``[B,4]`` ``(x1,y1,x2,y2)`` (pixels) out of ``images`` ``[B,C,H,W]`` and
     resize each to ``[C,size,size]`` (bilinear, differentiable) -> ``[B,C,size,size]``."""
@@ -65,15 +96,18 @@ class ProjectedDiscriminator(nn.Module):
     ``blur_sigma``: a Gaussian blur of the input before the frozen encoder (anti-aliasing,
     Zhang 2019), so a generator cannot fool the strided stages with a high-frequency pattern
     aligned to their grid; the fine detail is left to a pixel critic beside it.
+    ``minibatch_std``: each head also sees the spread of its batch (:class:`MinibatchStd`,
+    ProGAN), so a generator that draws one texture for every latent is told apart from real.
 
-    Each head: 1x1 conv to ``width`` channels, LeakyReLU, 3x3 conv, LeakyReLU, 1x1 conv to one
-    logit map, averaged over space. No normalisation inside the heads (WGAN-GP's per-sample
-    penalty holds). There is no cross-scale fusion (CSM): small heads are what a CPU run affords.
+    Each head: 1x1 conv to ``width`` channels, LeakyReLU, [minibatch std], 3x3 conv, LeakyReLU,
+    1x1 conv to one logit map, averaged over space. No normalisation inside the heads (WGAN-GP's
+    per-sample penalty holds; the minibatch std couples samples only through one extra channel).
+    There is no cross-scale fusion (CSM): small heads are what a CPU run affords.
     """
 
     def __init__(self, features: nn.Module, channels: list[int], width: int = 64,
                  normalise: bool = False, mixing: bool = False, seed: int = 0,
-                 blur_sigma: float = 0.0) -> None:
+                 blur_sigma: float = 0.0, minibatch_std: bool = False) -> None:
         super().__init__()
         self.features = features
         self.normalise = normalise
@@ -91,10 +125,11 @@ class ProjectedDiscriminator(nn.Module):
                     mix.weight.copy_((torch.rand(c, c, 1, 1, generator=g) * 2 - 1) * bound)
                 mix.weight.requires_grad_(False)
                 self.mixers.append(mix)
+        mbstd = [MinibatchStd()] if minibatch_std else []
         self.heads = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, width, 1), nn.LeakyReLU(0.2, inplace=True),
-                          nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
-                          nn.Conv2d(width, 1, 1))
+            nn.Sequential(nn.Conv2d(c, width, 1), nn.LeakyReLU(0.2, inplace=True), *mbstd,
+                          nn.Conv2d(width + len(mbstd), width, 3, padding=1),
+                          nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(width, 1, 1))
             for c in channels)
 
     @torch.no_grad()
