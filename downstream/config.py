@@ -259,6 +259,7 @@ class GanModel:
     pixel_critic: bool = False  # encoder in D: also the plain conv critic, each with its own loss
     projected_blur: float = 0.0  # Gaussian sigma (px) on the encoder's input; 0: off
     projected_mbstd: bool = False  # minibatch std (ProGAN) in each projected head
+    projected_sn: bool = False  # spectral norm on every projected head conv (Projected GAN's D)
     diffaugment: str = "color,translation,cutout"  # on every D input (Zhao et al.); none: off
 
 

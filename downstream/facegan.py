@@ -129,7 +129,8 @@ def build_discriminator(cfg: GanConfig, encoder) -> torch.nn.Module:
                                             normalise=m.projected_normalise,
                                             mixing=m.projected_mixing, seed=cfg.seed,
                                             blur_sigma=m.projected_blur,
-                                            minibatch_std=m.projected_mbstd)
+                                            minibatch_std=m.projected_mbstd,
+                                            spectral_norm=m.projected_sn)
         else:
             critic = EncoderFeatureDiscriminator(feats, encoder.num_features, m.head_hidden)
         if m.pixel_critic:
@@ -149,7 +150,7 @@ def discriminator_name(m) -> str:
         name = (f"projected:{m.projected_stages}" + ("+norm" if m.projected_normalise else "")
                 + ("+mix" if m.projected_mixing else "")
                 + (f"+blur{m.projected_blur:g}" if m.projected_blur > 0 else "")
-                + ("+mbstd" if m.projected_mbstd else ""))
+                + ("+mbstd" if m.projected_mbstd else "") + ("+sn" if m.projected_sn else ""))
     return name + ("+conv" if m.pixel_critic else "")
 
 

@@ -266,3 +266,33 @@ def test_projected_mbstd_scores_depend_on_the_rest_of_the_batch(faces, tmp_path)
         assert (gap > 1e-4) == mbstd, (mbstd, gap)
     r = _run(faces, tmp_path / "mb", "random:resnet10t", ["model.projected_mbstd=true"])
     assert r["discriminator"] == "projected:3+mbstd"
+
+
+def test_projected_sn_bounds_every_head_conv(faces, tmp_path):
+    """model.projected_sn: each head conv's weight has spectral norm ~1 after a few train-mode
+    power iterations, whatever its scale; without it a scaled head keeps its scale."""
+    from backbone_ssl.nn.critics import ProjectedDiscriminator
+    from downstream.encoder import EncoderStages
+
+    enc = resolve_encoder("random:resnet10t", input_size=32, seed=0)
+    stages = EncoderStages(EncoderInput(enc), 3)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for sn in (False, True):
+        torch.manual_seed(0)
+        d = ProjectedDiscriminator(stages, stages.channels, width=8, spectral_norm=sn).train()
+        convs = [m for h in d.heads for m in h if isinstance(m, torch.nn.Conv2d)]
+        assert len(convs) == 9
+        with torch.no_grad():
+            for c in convs:  # scale the trainable weight (the parametrisation's original)
+                w = c.parametrizations.weight.original if sn else c.weight
+                w.mul_(50.0)
+            for _ in range(30):
+                d(x)
+        with torch.no_grad():
+            sigmas = [float(torch.linalg.matrix_norm(c.weight.flatten(1), ord=2)) for c in convs]
+        if sn:
+            assert max(abs(s - 1.0) for s in sigmas) < 0.05, sigmas
+        else:
+            assert min(sigmas) > 5.0, sigmas
+    r = _run(faces, tmp_path / "sn", "random:resnet10t", ["model.projected_sn=true"])
+    assert r["discriminator"] == "projected:3+sn"

@@ -98,6 +98,8 @@ class ProjectedDiscriminator(nn.Module):
     aligned to their grid; the fine detail is left to a pixel critic beside it.
     ``minibatch_std``: each head also sees the spread of its batch (:class:`MinibatchStd`,
     ProGAN), so a generator that draws one texture for every latent is told apart from real.
+    ``spectral_norm``: every head conv is spectrally normalised (Miyato et al. 2018), as in the
+    Projected GAN discriminator's blocks, which bounds how fast the heads can outrun G.
 
     Each head: 1x1 conv to ``width`` channels, LeakyReLU, [minibatch std], 3x3 conv, LeakyReLU,
     1x1 conv to one logit map, averaged over space. No normalisation inside the heads (WGAN-GP's
@@ -107,7 +109,8 @@ class ProjectedDiscriminator(nn.Module):
 
     def __init__(self, features: nn.Module, channels: list[int], width: int = 64,
                  normalise: bool = False, mixing: bool = False, seed: int = 0,
-                 blur_sigma: float = 0.0, minibatch_std: bool = False) -> None:
+                 blur_sigma: float = 0.0, minibatch_std: bool = False,
+                 spectral_norm: bool = False) -> None:
         super().__init__()
         self.features = features
         self.normalise = normalise
@@ -126,10 +129,15 @@ class ProjectedDiscriminator(nn.Module):
                 mix.weight.requires_grad_(False)
                 self.mixers.append(mix)
         mbstd = [MinibatchStd()] if minibatch_std else []
+
+        def conv(c_in: int, c_out: int, k: int) -> nn.Module:
+            layer = nn.Conv2d(c_in, c_out, k, padding=k // 2)
+            return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
+
         self.heads = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, width, 1), nn.LeakyReLU(0.2, inplace=True), *mbstd,
-                          nn.Conv2d(width + len(mbstd), width, 3, padding=1),
-                          nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(width, 1, 1))
+            nn.Sequential(conv(c, width, 1), nn.LeakyReLU(0.2, inplace=True), *mbstd,
+                          conv(width + len(mbstd), width, 3),
+                          nn.LeakyReLU(0.2, inplace=True), conv(width, 1, 1))
             for c in channels)
 
     @torch.no_grad()
