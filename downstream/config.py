@@ -260,6 +260,7 @@ class GanModel:
     projected_blur: float = 0.0  # Gaussian sigma (px) on the encoder's input; 0: off
     projected_mbstd: bool = False  # minibatch std (ProGAN) in each projected head
     projected_sn: bool = False  # spectral norm on every projected head conv (Projected GAN's D)
+    projected_global: bool = False  # each head's last conv covers its whole map: one logit
     diffaugment: str = "color,translation,cutout"  # on every D input (Zhao et al.); none: off
 
 

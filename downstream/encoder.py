@@ -72,7 +72,9 @@ class EncoderStages(nn.Module):
         self.n_stages = n_stages
         with torch.no_grad():
             probe = torch.zeros(1, 3, encoder_input.input_size, encoder_input.input_size)
-            self.channels = [int(f.shape[1]) for f in self._maps(probe, normalise=False)]
+            maps = self._maps(probe, normalise=False)
+        self.channels = [int(f.shape[1]) for f in maps]
+        self.sizes = [int(f.shape[-1]) for f in maps]  # square input: square maps
 
     def _maps(self, x: torch.Tensor, normalise: bool = True) -> list[torch.Tensor]:
         x = self.input.normalise(x) if normalise else x

@@ -130,7 +130,8 @@ def build_discriminator(cfg: GanConfig, encoder) -> torch.nn.Module:
                                             mixing=m.projected_mixing, seed=cfg.seed,
                                             blur_sigma=m.projected_blur,
                                             minibatch_std=m.projected_mbstd,
-                                            spectral_norm=m.projected_sn)
+                                            spectral_norm=m.projected_sn,
+                                            sizes=stages.sizes if m.projected_global else None)
         else:
             critic = EncoderFeatureDiscriminator(feats, encoder.num_features, m.head_hidden)
         if m.pixel_critic:
@@ -150,7 +151,8 @@ def discriminator_name(m) -> str:
         name = (f"projected:{m.projected_stages}" + ("+norm" if m.projected_normalise else "")
                 + ("+mix" if m.projected_mixing else "")
                 + (f"+blur{m.projected_blur:g}" if m.projected_blur > 0 else "")
-                + ("+mbstd" if m.projected_mbstd else "") + ("+sn" if m.projected_sn else ""))
+                + ("+mbstd" if m.projected_mbstd else "") + ("+sn" if m.projected_sn else "")
+                + ("+global" if m.projected_global else ""))
     return name + ("+conv" if m.pixel_critic else "")
 
 

@@ -296,3 +296,27 @@ def test_projected_sn_bounds_every_head_conv(faces, tmp_path):
             assert min(sigmas) > 5.0, sigmas
     r = _run(faces, tmp_path / "sn", "random:resnet10t", ["model.projected_sn=true"])
     assert r["discriminator"] == "projected:3+sn"
+
+
+def test_projected_global_heads_judge_the_whole_map(faces, tmp_path):
+    """model.projected_global: each head's last conv spans its stage map (one logit per image,
+    weights for every position); without it the head gives a logit per position (patch mean)."""
+    from backbone_ssl.nn.critics import ProjectedDiscriminator
+    from downstream.encoder import EncoderStages
+
+    enc = resolve_encoder("random:resnet10t", input_size=32, seed=0)
+    stages = EncoderStages(EncoderInput(enc), 3)
+    assert stages.sizes == [4, 2, 1]  # resnet10t at 32 px: strides 8, 16, 32
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for sizes, side in ((None, None), (stages.sizes, 1)):
+        torch.manual_seed(0)
+        d = ProjectedDiscriminator(stages, stages.channels, width=8, sizes=sizes).eval()
+        with torch.no_grad():
+            outs = [h(f) for h, f in zip(d.heads, d._maps(x))]
+            assert d(x).shape == (4,)
+        for out, s in zip(outs, stages.sizes):
+            assert out.shape == (4, 1, side or s, side or s)
+    with pytest.raises(ValueError, match="one side per map"):
+        ProjectedDiscriminator(stages, stages.channels, width=8, sizes=[4, 2])
+    r = _run(faces, tmp_path / "gl", "random:resnet10t", ["model.projected_global=true"])
+    assert r["discriminator"] == "projected:3+global"

@@ -100,6 +100,10 @@ class ProjectedDiscriminator(nn.Module):
     ProGAN), so a generator that draws one texture for every latent is told apart from real.
     ``spectral_norm``: every head conv is spectrally normalised (Miyato et al. 2018), as in the
     Projected GAN discriminator's blocks, which bounds how fast the heads can outrun G.
+    ``sizes`` (the maps' sides ``H_i``): each head's last conv covers its whole map (kernel
+    ``H_i``, no padding) and gives one logit per image, as the paper's heads end in a 4x4 conv on
+    a 4x4 map, so every scale judges the layout; without it the heads' per-position logits are
+    averaged (a patch critic, which one texture repeated on the stride grid can satisfy).
 
     Each head: 1x1 conv to ``width`` channels, LeakyReLU, [minibatch std], 3x3 conv, LeakyReLU,
     1x1 conv to one logit map, averaged over space. No normalisation inside the heads (WGAN-GP's
@@ -110,7 +114,7 @@ class ProjectedDiscriminator(nn.Module):
     def __init__(self, features: nn.Module, channels: list[int], width: int = 64,
                  normalise: bool = False, mixing: bool = False, seed: int = 0,
                  blur_sigma: float = 0.0, minibatch_std: bool = False,
-                 spectral_norm: bool = False) -> None:
+                 spectral_norm: bool = False, sizes: list[int] | None = None) -> None:
         super().__init__()
         self.features = features
         self.normalise = normalise
@@ -130,15 +134,19 @@ class ProjectedDiscriminator(nn.Module):
                 self.mixers.append(mix)
         mbstd = [MinibatchStd()] if minibatch_std else []
 
-        def conv(c_in: int, c_out: int, k: int) -> nn.Module:
-            layer = nn.Conv2d(c_in, c_out, k, padding=k // 2)
+        if sizes is not None and len(sizes) != len(channels):
+            raise ValueError(f"sizes {sizes} must give one side per map ({len(channels)})")
+
+        def conv(c_in: int, c_out: int, k: int, padding: int | None = None) -> nn.Module:
+            layer = nn.Conv2d(c_in, c_out, k, padding=k // 2 if padding is None else padding)
             return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
 
         self.heads = nn.ModuleList(
             nn.Sequential(conv(c, width, 1), nn.LeakyReLU(0.2, inplace=True), *mbstd,
                           conv(width + len(mbstd), width, 3),
-                          nn.LeakyReLU(0.2, inplace=True), conv(width, 1, 1))
-            for c in channels)
+                          nn.LeakyReLU(0.2, inplace=True),
+                          conv(width, 1, 1) if sizes is None else conv(width, 1, sizes[i], 0))
+            for i, c in enumerate(channels))
 
     @torch.no_grad()
     def calibrate(self, real: torch.Tensor) -> None:
