@@ -256,11 +256,11 @@ class GanModel:
     projected_stages: int = 3  # the encoder's last N stages
     projected_normalise: bool = False  # standardise each stage per channel (stats of real faces)
     projected_mixing: bool = False  # a fixed random 1x1 conv per stage (Projected GAN's CCM)
-    pixel_critic: bool = False  # encoder in D: also the plain conv critic, each with its own loss
+    pixel_critic: bool = True  # encoder in D: also the plain conv critic, each with its own loss
     projected_blur: float = 0.0  # Gaussian sigma (px) on the encoder's input; 0: off
-    projected_mbstd: bool = False  # minibatch std (ProGAN) in each projected head
-    projected_sn: bool = False  # spectral norm on every projected head conv (Projected GAN's D)
-    projected_global: bool = False  # each head's last conv covers its whole map: one logit
+    projected_mbstd: bool = True  # minibatch std (ProGAN) in each projected head
+    projected_sn: bool = True  # spectral norm on every projected head conv (Projected GAN's D)
+    projected_global: bool = True  # each head's last conv covers its whole map: one logit
     diffaugment: str = "color,translation,cutout"  # on every D input (Zhao et al.); none: off
 
 

@@ -198,7 +198,7 @@ def test_critic_ensemble_gives_each_critic_its_own_loss():
 def test_hybrid_critic_run_reports_its_discriminator_and_collapse_metrics(faces, tmp_path):
     r = _run(faces, tmp_path / "h", "random:resnet10t",
              ["model.projected_normalise=true", "model.pixel_critic=true"])
-    assert r["discriminator"] == "projected:3+norm+conv"
+    assert r["discriminator"] == "projected:3+norm+mbstd+sn+global+conv"
     m = r["metrics"]
     assert 0.0 <= m["coverage"] <= 1.0 and m["diversity"] > 0
 
@@ -264,8 +264,9 @@ def test_projected_mbstd_scores_depend_on_the_rest_of_the_batch(faces, tmp_path)
         with torch.no_grad():
             gap = float((d(x)[0] - d(y)[0]).abs())
         assert (gap > 1e-4) == mbstd, (mbstd, gap)
-    r = _run(faces, tmp_path / "mb", "random:resnet10t", ["model.projected_mbstd=true"])
-    assert r["discriminator"] == "projected:3+mbstd"
+    r = _run(faces, tmp_path / "mb", "random:resnet10t", ["model.projected_sn=false",
+                                                           "model.projected_global=false"])
+    assert r["discriminator"] == "projected:3+mbstd+conv"
 
 
 def test_projected_sn_bounds_every_head_conv(faces, tmp_path):
@@ -294,7 +295,9 @@ def test_projected_sn_bounds_every_head_conv(faces, tmp_path):
             assert max(abs(s - 1.0) for s in sigmas) < 0.05, sigmas
         else:
             assert min(sigmas) > 5.0, sigmas
-    r = _run(faces, tmp_path / "sn", "random:resnet10t", ["model.projected_sn=true"])
+    r = _run(faces, tmp_path / "sn", "random:resnet10t", ["model.projected_mbstd=false",
+                                                           "model.projected_global=false",
+                                                           "model.pixel_critic=false"])
     assert r["discriminator"] == "projected:3+sn"
 
 
@@ -318,5 +321,5 @@ def test_projected_global_heads_judge_the_whole_map(faces, tmp_path):
             assert out.shape == (4, 1, side or s, side or s)
     with pytest.raises(ValueError, match="one side per map"):
         ProjectedDiscriminator(stages, stages.channels, width=8, sizes=[4, 2])
-    r = _run(faces, tmp_path / "gl", "random:resnet10t", ["model.projected_global=true"])
-    assert r["discriminator"] == "projected:3+global"
+    r = _run(faces, tmp_path / "gl", "random:resnet10t")  # the defaults (issue 14's study)
+    assert r["discriminator"] == "projected:3+mbstd+sn+global+conv"
