@@ -106,8 +106,9 @@ class ProjectedDiscriminator(nn.Module):
     averaged (a patch critic, which one texture repeated on the stride grid can satisfy).
 
     Each head: 1x1 conv to ``width`` channels, LeakyReLU, [minibatch std], 3x3 conv, LeakyReLU,
-    1x1 conv to one logit map averaged over space (with ``sizes``: one conv over the whole map). No normalisation inside the heads (WGAN-GP's
-    per-sample penalty holds; the minibatch std couples samples only through one extra channel).
+    1x1 conv to one logit map averaged over space (with ``sizes``: one conv over the whole map).
+    No normalisation inside the heads (WGAN-GP's per-sample penalty holds; the minibatch std
+    couples samples only through one extra channel).
     There is no cross-scale fusion (CSM): small heads are what a CPU run affords.
     """
 
